@@ -1,0 +1,302 @@
+"""Shape + cameras -> RGBA, depth and normals, rendered by a long-lived Blender (bpy, numpy,
+stdlib and pure zeroverse modules only: the same file runs in Blender's Python on GPU nodes).
+
+One `BlenderRenderer` per worker process: the scene, world, camera and render settings are made
+once in __init__; each shape only adds its mesh and reuses cached per-texture materials, then is
+deleted again (purging orphans: 1-8 ms, flat memory, against 75-200 ms for a factory reset).
+Passes leave Blender as an uncompressed multilayer EXR on a scratch directory (tmpfs where there
+is one) and are read with zeroverse.imageio, because Blender's Python API cannot hand render
+results to Python directly in background mode.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sys
+import tempfile
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable
+
+import bpy
+import numpy as np
+
+from blender_scripts.blender_mesh import new_triangle_object
+from zeroverse.cameras import CameraSet
+from zeroverse.imageio import read_exr_channels, srgb_encode
+from zeroverse.primitives import MeshArrays
+from zeroverse.render_settings import RenderSettings
+
+# Blender's camera looks down -Z with +Y up; OpenCV's looks down +Z with +Y down.
+_OPENCV_TO_BLENDER = np.diag([1.0, -1.0, -1.0, 1.0])
+_EMPTY_DEPTH = 1e9  # Cycles writes 1e10 where a ray hit nothing
+SHAPE_PREFIX = "zv_shape"
+
+
+@dataclass
+class ViewArrays:
+    rgba: np.ndarray  # uint8 [H, W, 4], straight alpha, sRGB
+    depth: np.ndarray  # float32 [H, W], planar z, 0 where empty
+    normal: np.ndarray  # float32 [H, W, 3], world space, 0 where empty
+
+
+@contextlib.contextmanager
+def quiet_stdout():
+    """Silences Blender's per-frame C-level prints ("Fra:", "Saved:") that would drown the
+    progress bar; ZEROVERSE_BLENDER_LOG=1 keeps them for debugging."""
+    if os.environ.get("ZEROVERSE_BLENDER_LOG") == "1":
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
+
+
+class BlenderRenderer:
+    """Renders shapes in one Blender. `texture` maps a texture id to uint8 [R, R, 3]."""
+
+    def __init__(self, settings: RenderSettings, texture: Callable[[int], np.ndarray], scratch_dir: str | None = None):
+        self.settings = settings
+        self._texture = texture
+        self._materials: OrderedDict[int, bpy.types.Material] = OrderedDict()
+        shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+        self._scratch = tempfile.mkdtemp(prefix="zv-render-", dir=scratch_dir or shm)
+        self._exr = os.path.join(self._scratch, "view.exr")
+        with quiet_stdout():
+            self._setup_scene()
+
+    # ---- one-time scene set-up -------------------------------------------------------------
+    def _setup_scene(self) -> None:
+        s = self.settings
+        bpy.ops.wm.read_factory_settings(use_empty=True)
+        scene = bpy.context.scene
+        render = scene.render
+        render.resolution_x = render.resolution_y = s.resolution
+        render.resolution_percentage = 100
+        render.film_transparent = True
+        render.use_persistent_data = True  # keeps Cycles' scene state between views of a shape
+        render.image_settings.media_type = "MULTI_LAYER_IMAGE"  # Blender 5: multilayer is a media type
+        render.image_settings.file_format = "OPEN_EXR_MULTILAYER"
+        render.image_settings.color_depth = "32"
+        render.image_settings.exr_codec = "NONE"
+        render.filepath = self._exr
+        scene.view_settings.view_transform = "Standard"
+        if s.engine == "cycles":
+            render.engine = "CYCLES"
+            cycles = scene.cycles
+            cycles.device = "CPU"
+            cycles.samples = s.samples
+            cycles.use_adaptive_sampling = True
+            cycles.use_denoising = s.denoise
+            if s.denoise:
+                # OIDN with its fastest settings: with the defaults (accurate prefilter, albedo +
+                # normal guides, high quality) denoising cost 3x the 16-sample render at 256².
+                cycles.denoiser = "OPENIMAGEDENOISE"
+                cycles.denoising_input_passes = "RGB_ALBEDO"
+                cycles.denoising_prefilter = "FAST"
+                cycles.denoising_quality = "FAST"
+            cycles.max_bounces = s.max_bounces
+            cycles.diffuse_bounces = min(2, s.max_bounces)
+            cycles.glossy_bounces = min(2, s.max_bounces)
+            cycles.transmission_bounces = 0
+            cycles.transparent_max_bounces = 2
+            cycles.caustics_reflective = cycles.caustics_refractive = False
+            render.threads_mode = "FIXED"
+            render.threads = max(1, s.threads)
+        elif s.engine == "eevee":
+            render.engine = "BLENDER_EEVEE"
+            scene.eevee.taa_render_samples = s.samples
+        elif s.engine == "workbench":
+            render.engine = "BLENDER_WORKBENCH"
+            scene.display.shading.light = "STUDIO"
+            scene.display.shading.color_type = "TEXTURE"
+        else:
+            raise ValueError(f"engine {s.engine!r} must be resolved to cycles, eevee or workbench before rendering")
+        layer = scene.view_layers[0]
+        layer.use_pass_z = True
+        layer.use_pass_normal = True
+
+        world = bpy.data.worlds.new("zv_world")
+        world.use_nodes = True
+        scene.world = world
+        self._background = world.node_tree.nodes["Background"]
+        self.set_light(s.light_strength, s.light_color)
+
+        camera = bpy.data.cameras.new("zv_camera")
+        camera.sensor_fit = "HORIZONTAL"
+        camera.sensor_width = 36.0
+        self._camera = bpy.data.objects.new("zv_camera", camera)
+        scene.collection.objects.link(self._camera)
+        scene.camera = self._camera
+
+    def set_light(self, strength: float, color: tuple[float, float, float]) -> None:
+        self._background.inputs["Color"].default_value = (*color, 1.0)
+        self._background.inputs["Strength"].default_value = strength
+
+    # ---- per shape ---------------------------------------------------------------------------
+    def _material(self, texture_id: int) -> bpy.types.Material:
+        """One cached material per texture id: after warm-up a shape creates no images or shaders."""
+        mat = self._materials.get(texture_id)
+        if mat is not None:
+            self._materials.move_to_end(texture_id)
+            return mat
+        pixels = self._texture(texture_id)
+        h, w = pixels.shape[:2]
+        image = bpy.data.images.new(f"zv_tex_{texture_id}", w, h, alpha=False)
+        rgba = np.ones((h, w, 4), np.float32)
+        rgba[..., :3] = pixels[::-1] / 255.0  # Blender images start at the bottom row (v = 0)
+        image.pixels.foreach_set(rgba.reshape(-1))
+        image.use_fake_user = True
+        mat = bpy.data.materials.new(f"zv_mat_{texture_id}")
+        mat.use_nodes = True
+        mat.use_fake_user = True
+        nodes = mat.node_tree.nodes
+        bsdf = nodes["Principled BSDF"]
+        bsdf.inputs["Roughness"].default_value = 0.7
+        tex = nodes.new("ShaderNodeTexImage")
+        tex.image = image
+        tex.extension = "EXTEND"
+        mat.node_tree.links.new(tex.outputs["Color"], bsdf.inputs["Base Color"])
+        self._materials[texture_id] = mat
+        while len(self._materials) > self.settings.texture_cache:
+            _, old = self._materials.popitem(last=False)
+            old_image = old.node_tree.nodes["Image Texture"].image
+            bpy.data.materials.remove(old, do_unlink=True)
+            bpy.data.images.remove(old_image, do_unlink=True)
+        return mat
+
+    def _add_shape(self, mesh: MeshArrays, region_textures: np.ndarray) -> bpy.types.Object:
+        obj = new_triangle_object(SHAPE_PREFIX, mesh.vertices, mesh.faces, mesh.uvs, mesh.regions)
+        data = obj.data
+        unique, slot_of_region = np.unique(region_textures, return_inverse=True)
+        for texture_id in unique.tolist():
+            data.materials.append(self._material(int(texture_id)))
+        data.polygons.foreach_set("material_index", slot_of_region[mesh.regions].astype(np.int32))
+        # Curved primitives shade smooth, box edges and cuts stay crisp.
+        data.shade_smooth()
+        data.set_sharp_from_angle(angle=math.radians(30.0))
+        return obj
+
+    def clear_shape(self) -> None:
+        for obj in [o for o in bpy.data.objects if o.name.startswith(SHAPE_PREFIX)]:
+            mesh = obj.data
+            bpy.data.objects.remove(obj, do_unlink=True)
+            bpy.data.meshes.remove(mesh, do_unlink=True)
+        bpy.data.orphans_purge(do_local_ids=True, do_recursive=True)
+
+    def _place_camera(self, c2w: np.ndarray, intrinsics: np.ndarray, projection: str) -> None:
+        from mathutils import Matrix
+
+        w, h = self.settings.resolution, self.settings.resolution
+        fx, fy, cx, cy = (float(x) for x in intrinsics)
+        if abs(fx - fy) > 1e-6 * fx:
+            raise ValueError(f"non-square pixels (fx={fx}, fy={fy}) are not supported by the Blender camera")
+        cam = self._camera.data
+        if projection == "orthographic":
+            cam.type = "ORTHO"
+            cam.ortho_scale = max(w, h) / fx
+        else:
+            cam.type = "PERSP"
+            cam.lens = fx * cam.sensor_width / max(w, h)
+        cam.shift_x = -(cx - w / 2.0) / max(w, h)
+        cam.shift_y = (cy - h / 2.0) / max(w, h)
+        self._camera.matrix_world = Matrix((np.asarray(c2w, dtype=np.float64) @ _OPENCV_TO_BLENDER).tolist())
+
+    def set_clip(self, near: float, far: float) -> None:
+        self._camera.data.clip_start = near
+        self._camera.data.clip_end = far
+
+    def render_shape(self, mesh: MeshArrays, region_textures: np.ndarray, cameras: CameraSet) -> list[ViewArrays]:
+        """Renders every camera of `cameras`; leaves the scene empty again."""
+        if cameras.width != self.settings.resolution or cameras.height != self.settings.resolution:
+            raise ValueError(
+                f"cameras are {cameras.width}x{cameras.height} but the renderer makes {self.settings.resolution}^2 images"
+            )
+        self.clear_shape()
+        self._add_shape(mesh, region_textures)
+        self.set_clip(cameras.near, cameras.far)
+        views = []
+        try:
+            for c2w, intr, projection in zip(cameras.c2w, cameras.intrinsics, cameras.projections):
+                self._place_camera(c2w, intr, projection)
+                with quiet_stdout():
+                    bpy.ops.render.render(write_still=True)
+                views.append(_passes_to_view(read_exr_channels(self._exr)))
+        finally:
+            self.clear_shape()
+        return views
+
+    def close(self) -> None:
+        import shutil
+
+        shutil.rmtree(self._scratch, ignore_errors=True)
+
+
+def _find(channels: dict[str, np.ndarray], suffix: str) -> np.ndarray:
+    for name, values in channels.items():
+        if name.endswith(suffix):
+            return values
+    raise KeyError(f"render pass channel *{suffix} missing; got {sorted(channels)}")
+
+
+def _passes_to_view(channels: dict[str, np.ndarray]) -> ViewArrays:
+    """EXR passes -> straight-alpha sRGB8 RGBA, planar depth and unit world normals, with depth
+    and normals defined exactly where the 8-bit alpha is non-zero."""
+    rgb = np.stack([_find(channels, f"Combined.{c}") for c in "RGB"], -1)
+    alpha = np.clip(_find(channels, "Combined.A"), 0.0, 1.0)
+    depth = _find(channels, "Depth.Z").copy()
+    normal = np.stack([_find(channels, f"Normal.{c}") for c in "XYZ"], -1)
+
+    alpha8 = np.round(alpha * 255.0).astype(np.uint8)
+    covered = alpha8 > 0
+    hit = depth < _EMPTY_DEPTH
+    # Cycles' depth is one sample per pixel (not anti-aliased) while alpha is: at silhouette
+    # edges the two disagree. Copy depth and normal from a hit neighbour where alpha says covered,
+    # drop coverage where no neighbour within 2 px was hit, and clear depth where alpha is 0.
+    depth = np.where(hit, depth, 0.0)
+    for _ in range(2):
+        missing = covered & (depth <= 0)
+        if not missing.any():
+            break
+        depth, normal = _fill_from_neighbours(depth, normal, missing)
+    covered &= depth > 0
+    alpha8[~covered] = 0
+    depth[~covered] = 0.0
+    length = np.linalg.norm(normal, axis=-1, keepdims=True)
+    normal = np.where(covered[..., None] & (length > 1e-6), normal / np.maximum(length, 1e-6), 0.0)
+
+    straight = np.where(alpha[..., None] > 1e-6, rgb / np.maximum(alpha[..., None], 1e-6), 0.0)
+    rgba = np.empty(alpha8.shape + (4,), np.uint8)
+    rgba[..., :3] = np.round(srgb_encode(straight) * 255.0).astype(np.uint8)
+    rgba[..., :3][~covered] = 0
+    rgba[..., 3] = alpha8
+    return ViewArrays(rgba, depth.astype(np.float32), normal.astype(np.float32))
+
+
+def _fill_from_neighbours(depth: np.ndarray, normal: np.ndarray, missing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each missing pixel, the depth/normal of its nearest-in-depth hit 8-neighbour."""
+    h, w = depth.shape
+    pad_d = np.pad(depth, 1, constant_values=0.0)
+    pad_n = np.pad(normal, ((1, 1), (1, 1), (0, 0)))
+    best = np.full((h, w), np.inf)
+    best_n = np.zeros_like(normal)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            if dy == 0 and dx == 0:
+                continue
+            d = pad_d[1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
+            n = pad_n[1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
+            better = (d > 0) & (d < best)
+            best = np.where(better, d, best)
+            best_n = np.where(better[..., None], n, best_n)
+    fill = missing & np.isfinite(best)
+    return np.where(fill, best, depth), np.where(fill[..., None], best_n, normal)

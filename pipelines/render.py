@@ -1,0 +1,440 @@
+"""`zeroverse render`: shape shards -> view shards on a Ray farm of long-lived Blender workers.
+
+The step (`ViewShardWriter.render_shard`) knows nothing of Ray: it renders the shapes of one
+view shard and writes it atomically. The orchestrator (`run_render`) keeps a pool of Ray actors,
+each holding one Blender for its whole life, hands each a shard at a time, and watches them:
+a shard that outlives its deadline or whose actor dies is retried in a fresh actor; after
+`max_attempts` it goes to the failure ledger (the views manifest's `failures`) with the reason.
+Actors are recycled after `recycle_after` shapes or when their memory grows past a limit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import time
+import traceback
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from zeroverse.cameras import RigConfig, make_cameras, rig_rng
+from zeroverse.imageio import encode_array, encode_png
+from zeroverse.primitives import MeshArrays
+from zeroverse.render_settings import RenderSettings
+from zeroverse.shards import (
+    VIEW_SCHEMA,
+    Manifest,
+    file_metadata,
+    open_manifest,
+    remove_temporaries,
+    shard_name,
+    write_shard,
+)
+
+LIGHT_STREAM = 2  # SeedSequence stream of per-shape light draws (recipes 0, cameras 1)
+DEFAULT_SHAPES_PER_SHARD = 8  # 32 views of 512² ≈ 20-40 MB a shape: shards of a few hundred MB
+
+
+@dataclass(frozen=True)
+class RenderConfig:
+    root: Path
+    rig: RigConfig = field(default_factory=RigConfig)
+    settings: RenderSettings = field(default_factory=RenderSettings)
+    shapes_per_shard: int = DEFAULT_SHAPES_PER_SHARD
+    max_attempts: int = 3  # per shard, across fresh workers
+    shape_timeout_s: float = 600.0  # a shard's deadline is this times its shapes (plus start-up)
+    recycle_after: int = 200  # shapes per worker before it is replaced
+    max_worker_rss_gb: float = 8.0
+    limit: int | None = None  # render only the first `limit` shapes (previews, tests)
+
+    def __post_init__(self) -> None:
+        if self.shapes_per_shard <= 0:
+            raise ValueError(f"--shapes-per-shard {self.shapes_per_shard}: use a positive integer")
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts={self.max_attempts}: need at least 1")
+        if self.settings.engine == "auto":
+            raise ValueError("resolve engine 'auto' (resolve_engine) before building a RenderConfig")
+
+    @property
+    def views_dir(self) -> Path:
+        return Path(self.root) / "views"
+
+    @property
+    def shapes_dir(self) -> Path:
+        return Path(self.root) / "shapes"
+
+    def identity(self, shapes: Manifest) -> dict[str, Any]:
+        """What fixes the bytes of every view shard (worker threads and caches do not)."""
+        settings = self.settings.to_dict()
+        for key in ("threads", "texture_cache"):
+            settings.pop(key)
+        return {
+            "rig": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self.rig).items()},
+            "render": settings,
+            "shapes_config_hash": shapes.config_hash,
+            "shapes_per_shard": self.shapes_per_shard,
+        }
+
+
+def resolve_engine(engine: str, gpus_available: float) -> str:
+    """'auto': EEVEE where there is an NVIDIA GPU, Cycles on the CPU elsewhere."""
+    if engine != "auto":
+        return engine
+    return "eevee" if gpus_available > 0 else "cycles"
+
+
+def shape_mesh(row: dict[str, Any]) -> tuple[MeshArrays, np.ndarray]:
+    mesh = MeshArrays(
+        np.asarray(row["vertices"], np.float32).reshape(-1, 3),
+        np.asarray(row["faces"], np.int32).reshape(-1, 3),
+        np.asarray(row["uvs"], np.float32).reshape(-1, 3, 2),
+        np.asarray(row["face_regions"], np.int32),
+    )
+    return mesh, np.asarray(row["region_textures"], np.int32)
+
+
+def shape_light(settings: RenderSettings, seed: int, shape_id: int) -> tuple[float, tuple[float, float, float]]:
+    if not settings.random_light:
+        return settings.light_strength, settings.light_color
+    rng = np.random.default_rng(np.random.SeedSequence([seed, shape_id, LIGHT_STREAM]))
+    strength = settings.light_strength * float(rng.uniform(0.6, 1.4))
+    tint = np.clip(np.asarray(settings.light_color) * rng.uniform(0.85, 1.15, size=3), 0.0, 1.0)
+    return strength, tuple(float(x) for x in tint)
+
+
+def view_shard_plan(shape_ids: list[int], shapes_per_shard: int) -> list[tuple[int, int, list[int]]]:
+    """View shard k holds the existing shapes with ids in [k*S, (k+1)*S): a function of the shape
+    ids and S only, never of the worker count."""
+    groups: dict[int, list[int]] = {}
+    for sid in sorted(shape_ids):
+        groups.setdefault(sid // shapes_per_shard, []).append(sid)
+    return [(k * shapes_per_shard, (k + 1) * shapes_per_shard - 1, ids) for k, ids in sorted(groups.items())]
+
+
+class ViewShardWriter:
+    """Renders view shards in one long-lived Blender. Ray-free: the farm wraps it in an actor,
+    the GPU benchmark drives it from a plain process."""
+
+    def __init__(self, cfg: RenderConfig, shapes: Manifest):
+        from blender_scripts.render_views import BlenderRenderer
+
+        self.cfg = cfg
+        self.seed = shapes.seed
+        self.identity = cfg.identity(shapes)
+        self.shape_files = {sid: Path(cfg.shapes_dir) / s["file"] for s in shapes.shards for sid in s["shape_ids"]}
+        from pipelines.texture_bank import open_bank
+
+        bank = open_bank(shapes.config.get("textures", {}), cfg.root)
+        self.renderer = BlenderRenderer(cfg.settings, bank.get)
+        self.shapes_done = 0
+
+    def _read_shapes(self, shape_ids: list[int]) -> dict[int, dict[str, Any]]:
+        rows: dict[int, dict[str, Any]] = {}
+        files: dict[Path, list[int]] = {}
+        for sid in shape_ids:
+            files.setdefault(self.shape_files[sid], []).append(sid)
+        for path, ids in files.items():
+            table = pq.read_table(path, filters=[("shape_id", "in", ids)])
+            for row in table.to_pylist():
+                rows[row["shape_id"]] = row
+        missing = sorted(set(shape_ids) - set(rows))
+        if missing:
+            raise ValueError(f"shape ids {missing} are listed in the shapes manifest but missing from their shard files")
+        return rows
+
+    def render_rows(self, row: dict[str, Any]) -> list[dict[str, Any]]:
+        """All view rows of one shape (images encoded here, in the worker)."""
+        s, sid = self.cfg.settings, int(row["shape_id"])
+        mesh, textures = shape_mesh(row)
+        bound = float(np.linalg.norm(mesh.vertices, axis=1).max())
+        cameras = make_cameras(self.cfg.rig, rig_rng(self.seed, sid), s.resolution, bound)
+        self.renderer.set_light(*shape_light(s, self.seed, sid))
+        views = self.renderer.render_shape(mesh, textures, cameras)
+        out = []
+        for v, view in enumerate(views):
+            positions = None
+            if s.positions:
+                from zeroverse.cameras import unproject_depth
+
+                positions = encode_array(
+                    unproject_depth(view.depth, cameras.c2w[v], cameras.intrinsics[v], cameras.projections[v]), "<f4"
+                )
+            out.append(
+                {
+                    "shape_id": sid,
+                    "view": v,
+                    "role": cameras.roles[v],
+                    "projection": cameras.projections[v],
+                    "width": cameras.width,
+                    "height": cameras.height,
+                    "c2w": cameras.c2w[v].astype(np.float32).reshape(-1).tolist(),
+                    "intrinsics": cameras.intrinsics[v].astype(np.float32).tolist(),
+                    "rgba": encode_png(view.rgba, s.png_level),
+                    "depth": encode_array(view.depth, "<f4"),
+                    "normal": encode_array(view.normal, "<f2"),
+                    "position": positions,
+                }
+            )
+        return out
+
+    def render_shard(self, first: int, last: int, shape_ids: list[int], on_views: Callable[[int], None] | None = None) -> dict[str, Any]:
+        """Renders `shape_ids` (all within [first, last]) into one view shard; a shape that raises
+        is retried once in a reset scene, then left out and reported in `failed`."""
+        started = time.perf_counter()
+        shapes = self._read_shapes(shape_ids)
+        rows, group_rows, done, failed = [], [], [], []
+        for sid in shape_ids:
+            for attempt in (1, 2):
+                try:
+                    view_rows = self.render_rows(shapes[sid])
+                    break
+                except Exception as err:  # noqa: BLE001 - one bad shape must not sink the shard
+                    self.renderer.clear_shape()
+                    if attempt == 2:
+                        failed.append({"shape_id": sid, "reason": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc(limit=5)})
+                        view_rows = None
+            self.shapes_done += 1
+            if view_rows is None:
+                continue
+            rows.extend(view_rows)
+            group_rows.append(len(view_rows))
+            done.append(sid)
+            if on_views is not None:
+                on_views(len(view_rows))
+        table = pa.Table.from_pylist(rows, schema=VIEW_SCHEMA) if rows else VIEW_SCHEMA.empty_table()
+        meta = file_metadata("views", self.identity, self.seed, {"render": self.cfg.settings.to_dict()})
+        record = write_shard(table, self.cfg.views_dir / shard_name("views", first, last), meta, row_group_rows=group_rows)
+        record.update(
+            first=first,
+            last=last,
+            rows=len(rows),
+            shape_ids=done,
+            failed=failed,
+            seconds=round(time.perf_counter() - started, 3),
+            recycle=self.should_recycle(),
+        )
+        return record
+
+    def should_recycle(self) -> bool:
+        if self.shapes_done >= self.cfg.recycle_after:
+            return True
+        return _rss_gb() > self.cfg.max_worker_rss_gb
+
+    def close(self) -> None:
+        self.renderer.close()
+
+
+def _rss_gb() -> float:
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
+    return 0.0
+
+
+@dataclass
+class RenderResult:
+    written: list[str] = field(default_factory=list)
+    skipped_shapes: int = 0
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    shapes: int = 0
+    views: int = 0
+    seconds: float = 0.0
+    retries: int = 0
+    workers_started: int = 0
+
+
+def pending_shards(views: Manifest, plan: list[tuple[int, int, list[int]]]) -> tuple[list[tuple[int, int, list[int]]], int]:
+    todo, done = [], 0
+    for first, last, ids in plan:
+        shard = views.shard_for(first)
+        if shard is not None and shard["shape_ids"] == ids and not shard.get("failed"):
+            done += len(ids)
+            continue
+        todo.append((first, last, ids))
+    return todo, done
+
+
+def run_render(
+    cfg: RenderConfig,
+    address: str | None = None,
+    workers: int | None = None,
+    gpus_per_worker: float = 0.0,
+    progress: bool = True,
+    fault: Callable[[Any, int], None] | None = None,
+) -> RenderResult:
+    """Renders every missing view shard of `cfg.root`. `fault(actor, dispatch_index)` is a test
+    hook called right after a shard is dispatched (e.g. to kill the worker)."""
+    import ray
+    from tqdm import tqdm
+
+    from pipelines.ray_runtime import ProgressCounter, init_ray, throttled
+
+    started = time.perf_counter()
+    shapes = Manifest.load(cfg.shapes_dir)
+    if shapes is None or not shapes.shards:
+        raise ValueError(f"{cfg.shapes_dir} has no shapes manifest; run `zeroverse generate --root {cfg.root}` first")
+    views_dir = cfg.views_dir
+    views_dir.mkdir(parents=True, exist_ok=True)
+    views = open_manifest(views_dir, "views", shapes.seed, cfg.identity(shapes))
+    remove_temporaries(views_dir)
+    ids = shapes.shape_ids()
+    if cfg.limit is not None:
+        ids = ids[: cfg.limit]
+    todo, done = pending_shards(views, view_shard_plan(ids, cfg.shapes_per_shard))
+    result = RenderResult(skipped_shapes=done)
+    if not todo:
+        result.shapes = len(views.shape_ids())
+        result.failures = list(views.failures)
+        return result
+
+    init_ray(address, workers)
+    n_workers = max(1, min(workers or int(ray.cluster_resources().get("CPU", 1)) // max(1, cfg.settings.threads), len(todo)))
+    counter = ProgressCounter.remote()
+    actor_cls = ray.remote(_RenderActor).options(
+        num_cpus=cfg.settings.threads, num_gpus=gpus_per_worker, max_restarts=0, max_concurrency=1
+    )
+
+    def new_actor():
+        result.workers_started += 1
+        return actor_cls.remote(cfg, shapes, counter)
+
+    idle = deque(new_actor() for _ in range(n_workers))
+    queue = deque((first, last, sids, 1) for first, last, sids in todo)
+    running: dict[Any, tuple[Any, tuple[int, int, list[int], int], float]] = {}
+    total_views = sum(len(s) for _, _, s, _ in queue) * _views_per_shape(cfg)
+    bar = tqdm(total=total_views, unit="view", desc=f"render ({cfg.settings.engine})", disable=not progress, smoothing=0.1)
+    dispatched = 0
+
+    def retry_or_ledger(task, reason: str) -> None:
+        first, last, sids, attempt = task
+        if attempt < cfg.max_attempts:
+            result.retries += 1
+            queue.append((first, last, sids, attempt + 1))
+        else:
+            result.failures.extend({"shape_id": s, "reason": f"{reason} (after {attempt} attempts)"} for s in sids)
+            views.failures = [f for f in views.failures if f["shape_id"] not in set(sids)]
+            views.failures.extend({"shape_id": s, "reason": f"{reason} (after {attempt} attempts)"} for s in sids)
+            views.save(views_dir)
+
+    try:
+        while queue or running:
+            while queue and idle:
+                actor = idle.popleft()
+                task = queue.popleft()
+                ref = actor.render_shard.remote(task[0], task[1], task[2])
+                # Start-up (Blender, textures) gets a minute on top of the per-shape budget.
+                running[ref] = (actor, task, time.monotonic() + 60.0 + cfg.shape_timeout_s * len(task[2]))
+                if fault is not None:
+                    fault(actor, dispatched)
+                dispatched += 1
+            ready, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
+            with contextlib.suppress(Exception):
+                bar.n = min(total_views, ray.get(counter.get.remote(), timeout=5))
+                bar.refresh()
+            now = time.monotonic()
+            for ref in list(running):
+                actor, task, deadline = running[ref]
+                if ref in ready:
+                    del running[ref]
+                    try:
+                        record = ray.get(ref)
+                    except ray.exceptions.RayActorError as err:
+                        ray.kill(actor)
+                        idle.append(new_actor())
+                        retry_or_ledger(task, f"worker died: {_first_line(err)}")
+                        continue
+                    except Exception as err:  # noqa: BLE001 - the step raised: retry in a fresh worker
+                        ray.kill(actor)
+                        idle.append(new_actor())
+                        retry_or_ledger(task, _first_line(err))
+                        continue
+                    if record.pop("recycle"):
+                        ray.kill(actor)
+                        actor = new_actor()
+                    idle.append(actor)
+                    _commit(views, views_dir, record)
+                    result.written.append(record["file"])
+                    result.failures.extend({"shape_id": f["shape_id"], "reason": f["reason"]} for f in record["failed_details"])
+                elif now > deadline:
+                    del running[ref]
+                    ray.kill(actor)  # a hung Blender cannot be interrupted from inside
+                    idle.append(new_actor())
+                    retry_or_ledger(task, f"timed out after {cfg.shape_timeout_s:.0f} s per shape")
+        bar.n = bar.total
+        bar.refresh()
+    except KeyboardInterrupt:
+        for ref, (actor, _, _) in running.items():
+            ray.kill(actor)
+        raise
+    finally:
+        bar.close()
+        for actor in idle:
+            with contextlib.suppress(Exception):
+                ray.kill(actor)
+    result.shapes = len(views.shape_ids())
+    result.views = sum(s["rows"] for s in views.shards)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _views_per_shape(cfg: RenderConfig) -> int:
+    from zeroverse.cameras import EVAL_INPUT_AZIMUTHS, EVAL_TARGET_AZIMUTHS, EVAL_TARGET_ELEVATIONS
+
+    n = len(EVAL_INPUT_AZIMUTHS) + EVAL_TARGET_AZIMUTHS * len(EVAL_TARGET_ELEVATIONS) if cfg.rig.kind == "eval" else cfg.rig.num_views
+    return n + (1 if cfg.rig.bev else 0)
+
+
+def _first_line(err: BaseException) -> str:
+    """A one-line reason; a RayTaskError's own text is a banner, its cause is the real error."""
+    cause = getattr(err, "cause", None)
+    if isinstance(cause, BaseException):
+        err = cause
+    text = f"{type(err).__name__}: {str(err).strip()}"
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _commit(manifest: Manifest, directory: Path, record: dict[str, Any]) -> None:
+    failed = record.pop("failed")
+    record["failed"] = [f["shape_id"] for f in failed]
+    record["failed_details"] = failed
+    ids = set(range(record["first"], record["last"] + 1))
+    manifest.failures = [f for f in manifest.failures if f["shape_id"] not in ids]
+    manifest.failures.extend({"shape_id": f["shape_id"], "reason": f["reason"]} for f in failed)
+    stored = {k: v for k, v in record.items() if k != "failed_details"}
+    old = manifest.replace_shard(stored)
+    manifest.save(directory)
+    if old is not None and old["file"] != stored["file"]:
+        with contextlib.suppress(FileNotFoundError):
+            (directory / old["file"]).unlink()
+
+
+class _RenderActor:
+    """A Ray actor around ViewShardWriter: Blender starts once in __init__, work per call."""
+
+    def __init__(self, cfg: RenderConfig, shapes: Manifest, counter: Any):
+        self.writer = ViewShardWriter(cfg, shapes)
+        self.counter = counter
+
+    def render_shard(self, first: int, last: int, shape_ids: list[int]) -> dict[str, Any]:
+        from pipelines.ray_runtime import throttled
+
+        report = throttled(lambda k: self.counter.add.remote(k))
+        try:
+            return self.writer.render_shard(first, last, shape_ids, on_views=report)
+        finally:
+            report.flush()
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+def estimated_views(cfg: RenderConfig, shapes: int) -> int:
+    return shapes * _views_per_shape(cfg)
+

@@ -1,0 +1,120 @@
+"""Recipes: pure, seeded, configurable, and every augmentation at its configured rate."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from zeroverse.recipe import (
+    AUGMENTATIONS,
+    REGIONS_PER_KIND,
+    RecipeConfig,
+    ShapeRecipe,
+    load_recipe_config,
+    sample_recipe,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_pure_modules_import_without_bpy_ray_torch_pil():
+    code = (
+        "import sys\n"
+        "for name in ('bpy', 'ray', 'torch', 'PIL', 'pyarrow', 'trimesh'):\n"
+        "    sys.modules[name] = None  # any import of them now raises ImportError\n"
+        "import zeroverse, zeroverse.recipe, zeroverse.primitives, zeroverse.cameras, zeroverse.textures, zeroverse.imageio\n"
+        "from zeroverse.recipe import RecipeConfig, sample_recipe\n"
+        "print(len(sample_recipe(RecipeConfig(), 0, 0).primitives) >= 1)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True"
+
+
+def test_same_seed_same_recipe_and_json_round_trip():
+    cfg = RecipeConfig(boolean_prob=0.5, wireframe_prob=0.5, height_field_prob=0.5)
+    for shape_id in range(50):
+        a, b = sample_recipe(cfg, 7, shape_id), sample_recipe(cfg, 7, shape_id)
+        assert a.to_json() == b.to_json()
+        assert ShapeRecipe.from_json(a.to_json()) == a
+        assert json.loads(a.to_json())["augmentations"] == list(a.augmentations)
+    assert sample_recipe(cfg, 7, 1).to_json() != sample_recipe(cfg, 7, 2).to_json()
+    assert sample_recipe(cfg, 7, 1).to_json() != sample_recipe(cfg, 8, 1).to_json()
+
+
+@pytest.mark.parametrize(
+    "probs",
+    [
+        {"height_field_prob": 0.3, "boolean_prob": 0.3, "wireframe_prob": 0.2},  # defaults
+        {"height_field_prob": 0.9, "boolean_prob": 0.1, "wireframe_prob": 0.5},
+        {"height_field_prob": 0.0, "boolean_prob": 1.0, "wireframe_prob": 0.0},
+    ],
+)
+def test_each_augmentation_appears_at_its_configured_rate(probs):
+    n = 1000
+    cfg = RecipeConfig(**probs)
+    recipes = [sample_recipe(cfg, 3, i) for i in range(n)]
+    for aug in AUGMENTATIONS:
+        p = probs[f"{aug}_prob"]
+        rate = np.mean([aug in r.augmentations for r in recipes])
+        # 4 standard deviations of a binomial proportion (+ exactness at 0 and 1).
+        tolerance = 4 * np.sqrt(p * (1 - p) / n)
+        assert abs(rate - p) <= tolerance, (aug, rate, p, tolerance)
+    # The recipe records the applied augmentations' parameters.
+    for r in recipes:
+        assert ("boolean" in r.augmentations) == (r.boolean is not None)
+        assert ("wireframe" in r.augmentations) == (r.wireframe is not None)
+        assert ("height_field" in r.augmentations) == any(p.height_field is not None for p in r.primitives)
+
+
+def test_primitive_count_and_kinds_follow_the_weights():
+    cfg = RecipeConfig()
+    recipes = [sample_recipe(cfg, 0, i) for i in range(2000)]
+    counts = np.bincount([len(r.primitives) for r in recipes], minlength=10)[1:]
+    expected = np.asarray(cfg.primitive_count_weights) / sum(cfg.primitive_count_weights) * len(recipes)
+    assert np.all(np.abs(counts - expected) <= 4 * np.sqrt(expected) + 2), (counts, expected)
+    kinds = [p.kind for r in recipes for p in r.primitives]
+    for kind in REGIONS_PER_KIND:
+        assert abs(kinds.count(kind) / len(kinds) - 0.2) < 0.03
+    semi = np.array([p.semi_axes for r in recipes for p in r.primitives])
+    assert semi.min() >= 0.25 and semi.max() <= 2.0
+    for r in recipes[:200]:
+        for p in r.primitives:
+            assert len(p.textures) == REGIONS_PER_KIND[p.kind]
+            assert abs(np.linalg.norm(p.rotation) - 1) < 1e-9
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"boolean_prob": 1.5}, "boolean_prob=1.5"),
+        ({"wireframe_prob": -0.1}, "wireframe_prob=-0.1"),
+        ({"primitive_kinds": ("box", "blob"), "primitive_kind_weights": (1, 1)}, "blob"),
+        ({"semi_axis_range": (2.0, 1.0)}, "semi_axis_range"),
+        ({"primitive_count_weights": (0, 0)}, "primitive_count_weights"),
+    ],
+)
+def test_bad_config_values_name_the_value(bad, message):
+    with pytest.raises(ValueError, match=message):
+        RecipeConfig(**bad)
+
+
+def test_config_files_toml_and_yaml(tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text("[recipe]\nboolean_prob = 0.9\nsemi_axis_range = [0.5, 1.5]\n")
+    cfg = load_recipe_config(toml)
+    assert cfg.boolean_prob == 0.9 and cfg.semi_axis_range == (0.5, 1.5)
+    yaml_file = tmp_path / "c.yaml"
+    yaml_file.write_text("wireframe_prob: 0.0\n")
+    assert load_recipe_config(yaml_file).wireframe_prob == 0.0
+    unknown = tmp_path / "u.toml"
+    unknown.write_text("booleen_prob = 0.2\n")
+    with pytest.raises(ValueError, match="booleen_prob"):
+        load_recipe_config(unknown)
+    with pytest.raises(ValueError, match="not a readable file"):
+        load_recipe_config(tmp_path / "missing.toml")
+    assert RecipeConfig().digest() != RecipeConfig(boolean_prob=0.31).digest()

@@ -1,0 +1,39 @@
+"""Render settings shared by the farm and the Blender workers (pure Python)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+ENGINES = ("auto", "cycles", "eevee", "workbench")
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    engine: str = "cycles"  # resolved: cycles | eevee | workbench ("auto" is resolved by the farm)
+    resolution: int = 512
+    samples: int = 16
+    denoise: bool = True  # OpenImageDenoise (Cycles); OptiX's denoiser failed on H100/H200
+    # LRM-Zero lights objects with a uniform white environment.
+    light_strength: float = 1.0
+    light_color: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    random_light: bool = False  # per shape: strength U(0.6, 1.4) x colour jitter (seeded)
+    max_bounces: int = 4
+    positions: bool = False  # also store world positions (derivable from depth + camera)
+    png_level: int = 4
+    threads: int = 1  # CPU threads of one Blender worker (Cycles)
+    texture_cache: int = 512  # textures a worker keeps loaded between shapes
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"--engine {self.engine!r} is unknown; choose one of {', '.join(ENGINES)}")
+        if not (16 <= self.resolution <= 4096):
+            raise ValueError(f"--resolution {self.resolution}: use 16..4096 pixels")
+        if self.samples < 1:
+            raise ValueError(f"--samples {self.samples}: need at least 1 sample per pixel")
+        if self.light_strength < 0:
+            raise ValueError(f"light_strength={self.light_strength} must be >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}

@@ -1,0 +1,154 @@
+"""`zeroverse validate`: checks every shard a root's manifests list, naming each problem.
+
+Checks are exhaustive rather than sampled: a dataset that trains for days deserves one full read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from zeroverse.shards import SHAPE_SCHEMA, VIEW_SCHEMA, Manifest
+
+
+@dataclass
+class ValidationReport:
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # harmless findings (ignored stray files)
+    shards: int = 0
+    shapes: int = 0
+    views: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _open_checked(directory: Path, shard: dict, schema, report: ValidationReport):
+    path = directory / shard["file"]
+    if not path.exists():
+        report.problems.append(f"{path}: listed in the manifest but missing")
+        return None
+    if "sha256" in shard and _sha256(path) != shard["sha256"]:
+        report.problems.append(f"{path}: content differs from the manifest's sha256 (corrupt or replaced)")
+        return None
+    try:
+        table = pq.read_table(path)
+    except Exception as err:  # noqa: BLE001 - any read failure is a finding
+        report.problems.append(f"{path}: unreadable Parquet ({type(err).__name__}: {err})")
+        return None
+    missing = [f.name for f in schema if f.name not in table.column_names]
+    if missing:
+        report.problems.append(f"{path}: missing columns {missing}")
+        return None
+    if table.num_rows != shard["rows"]:
+        report.problems.append(f"{path}: {table.num_rows} rows, manifest says {shard['rows']}")
+    return table
+
+
+def validate_shapes(directory: Path, report: ValidationReport) -> None:
+    manifest = Manifest.load(directory)
+    if manifest is None:
+        return
+    for shard in manifest.shards:
+        table = _open_checked(directory, shard, SHAPE_SCHEMA, report)
+        if table is None:
+            continue
+        report.shards += 1
+        for row in table.to_pylist():
+            sid = row["shape_id"]
+            report.shapes += 1
+            v = np.asarray(row["vertices"], np.float32).reshape(-1, 3)
+            f = np.asarray(row["faces"], np.int64).reshape(-1, 3)
+            uv = np.asarray(row["uvs"], np.float32)
+            regions = np.asarray(row["face_regions"])
+            where = f"{directory / shard['file']} shape {sid}"
+            if not np.all(np.isfinite(v)) or np.abs(v).max(initial=0) > 1.0 + 1e-5:
+                report.problems.append(f"{where}: vertices not finite or outside [-1, 1]^3")
+            if len(f) == 0 or f.min() < 0 or f.max() >= len(v):
+                report.problems.append(f"{where}: face indices out of range")
+            if len(uv) != 6 * len(f) or uv.min(initial=0) < 0 or uv.max(initial=0) > 1:
+                report.problems.append(f"{where}: uvs missing or outside [0, 1]")
+            if len(regions) != len(f) or regions.min(initial=0) < 0 or regions.max(initial=0) >= len(row["region_textures"]):
+                report.problems.append(f"{where}: face regions do not match region_textures")
+
+
+def validate_views(directory: Path, report: ValidationReport, expected_views: int | None = None) -> None:
+    from PIL import Image
+
+    manifest = Manifest.load(directory)
+    if manifest is None:
+        return
+    for shard in manifest.shards:
+        table = _open_checked(directory, shard, VIEW_SCHEMA, report)
+        if table is None:
+            continue
+        report.shards += 1
+        path = directory / shard["file"]
+        counts: dict[int, int] = {}
+        for row in table.to_pylist():
+            sid, view = row["shape_id"], row["view"]
+            counts[sid] = counts.get(sid, 0) + 1
+            report.views += 1
+            where = f"{path} shape {sid} view {view}"
+            h, w = row["height"], row["width"]
+            try:
+                rgba = np.asarray(Image.open(io.BytesIO(row["rgba"])))
+            except Exception as err:  # noqa: BLE001
+                report.problems.append(f"{where}: rgba does not decode ({err})")
+                continue
+            if rgba.shape != (h, w, 4):
+                report.problems.append(f"{where}: rgba is {rgba.shape}, expected {(h, w, 4)}")
+                continue
+            if len(row["depth"]) != h * w * 4:
+                report.problems.append(f"{where}: depth holds {len(row['depth'])} bytes, expected {h * w * 4}")
+                continue
+            depth = np.frombuffer(row["depth"], "<f4").reshape(h, w)
+            c2w = np.asarray(row["c2w"], np.float64).reshape(4, 4)
+            R = c2w[:3, :3]
+            if not np.all(np.isfinite(c2w)) or not np.allclose(R.T @ R, np.eye(3), atol=1e-4) or abs(np.linalg.det(R) - 1) > 1e-4:
+                report.problems.append(f"{where}: c2w is not a finite rigid transform")
+            if not np.all(np.isfinite(row["intrinsics"])) or min(row["intrinsics"][:2]) <= 0:
+                report.problems.append(f"{where}: intrinsics {row['intrinsics']} are not positive and finite")
+            if not np.array_equal(depth > 0, rgba[..., 3] > 0) or not np.all(np.isfinite(depth)):
+                report.problems.append(f"{where}: depth is not present exactly where alpha > 0")
+        for sid, n in counts.items():
+            if expected_views is not None and n != expected_views:
+                report.problems.append(f"{path} shape {sid}: {n} views, expected {expected_views}")
+        if sorted(counts) != sorted(shard["shape_ids"]):
+            report.problems.append(f"{path}: shapes {sorted(counts)} differ from the manifest's {shard['shape_ids']}")
+
+
+def validate_root(root: Path, expected_views: int | None = None) -> ValidationReport:
+    root = Path(root)
+    report = ValidationReport()
+    if not root.is_dir():
+        report.problems.append(f"{root}: no such directory")
+        return report
+    shapes, views = root / "shapes", root / "views"
+    if Manifest.load(shapes) is None and Manifest.load(views) is None:
+        report.problems.append(f"{root}: neither shapes/manifest.json nor views/manifest.json exists")
+        return report
+    for directory in (shapes, views):
+        manifest = Manifest.load(directory)
+        if manifest is None:
+            continue
+        listed = {s["file"] for s in manifest.shards}
+        for stray in sorted(p.name for p in directory.glob("*.parquet") if p.name not in listed):
+            report.notes.append(f"{directory / stray}: not in the manifest (left by an interrupted run; readers ignore it)")
+    validate_shapes(shapes, report)
+    validate_views(views, report, expected_views)
+    return report
