@@ -248,55 +248,58 @@ def _find(channels: dict[str, np.ndarray], suffix: str) -> np.ndarray:
     raise KeyError(f"render pass channel *{suffix} missing; got {sorted(channels)}")
 
 
+_NEIGHBOURS = np.array([(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx])
+# Linear [0, 1] -> sRGB8 through a table: np.power over a 512² image cost ~8 ms a view.
+_SRGB_LUT_SIZE = 16384
+_SRGB_LUT = np.round(srgb_encode(np.linspace(0.0, 1.0, _SRGB_LUT_SIZE)) * 255.0).astype(np.uint8)
+
+
 def _passes_to_view(channels: dict[str, np.ndarray]) -> ViewArrays:
     """EXR passes -> straight-alpha sRGB8 RGBA, planar depth and unit world normals, with depth
-    and normals defined exactly where the 8-bit alpha is non-zero."""
-    rgb = np.stack([_find(channels, f"Combined.{c}") for c in "RGB"], -1)
-    alpha = np.clip(_find(channels, "Combined.A"), 0.0, 1.0)
-    depth = _find(channels, "Depth.Z").copy()
+    and normals defined exactly where the 8-bit alpha is non-zero.
+
+    Cycles' depth is one sample per pixel (not anti-aliased) while alpha is, so at silhouette
+    edges they disagree: a covered pixel whose depth sample missed takes depth and normal from
+    its nearest-in-depth hit neighbour (two rings), coverage without any hit within 2 px is
+    dropped, and depth is cleared where alpha is 0. Work is done on the covered pixels only:
+    the whole-image version cost 77 ms per 512² view, more than EEVEE's render itself.
+    """
+    alpha = _find(channels, "Combined.A")
+    h, w = alpha.shape
+    alpha8 = np.round(np.clip(alpha, 0.0, 1.0) * 255.0).astype(np.uint8)
+    depth = _find(channels, "Depth.Z")
+    depth = np.where(depth < _EMPTY_DEPTH, depth, np.float32(0.0)).astype(np.float32)
     normal = np.stack([_find(channels, f"Normal.{c}") for c in "XYZ"], -1)
 
-    alpha8 = np.round(alpha * 255.0).astype(np.uint8)
     covered = alpha8 > 0
-    hit = depth < _EMPTY_DEPTH
-    # Cycles' depth is one sample per pixel (not anti-aliased) while alpha is: at silhouette
-    # edges the two disagree. Copy depth and normal from a hit neighbour where alpha says covered,
-    # drop coverage where no neighbour within 2 px was hit, and clear depth where alpha is 0.
-    depth = np.where(hit, depth, 0.0)
+    missing = covered & (depth <= 0)
     for _ in range(2):
-        missing = covered & (depth <= 0)
         if not missing.any():
             break
-        depth, normal = _fill_from_neighbours(depth, normal, missing)
-    covered &= depth > 0
+        ys, xs = np.nonzero(missing)
+        ny = np.clip(ys[:, None] + _NEIGHBOURS[None, :, 0], 0, h - 1)
+        nx = np.clip(xs[:, None] + _NEIGHBOURS[None, :, 1], 0, w - 1)
+        candidates = depth[ny, nx]
+        candidates = np.where(candidates > 0, candidates, np.inf)
+        best = np.argmin(candidates, axis=1)
+        found = np.isfinite(candidates[np.arange(len(ys)), best])
+        by, bx = ny[np.arange(len(ys)), best][found], nx[np.arange(len(ys)), best][found]
+        fy, fx = ys[found], xs[found]
+        depth[fy, fx] = depth[by, bx]
+        normal[fy, fx] = normal[by, bx]
+        missing[fy, fx] = False
+    covered &= ~missing
     alpha8[~covered] = 0
     depth[~covered] = 0.0
-    length = np.linalg.norm(normal, axis=-1, keepdims=True)
-    normal = np.where(covered[..., None] & (length > 1e-6), normal / np.maximum(length, 1e-6), 0.0)
 
-    straight = np.where(alpha[..., None] > 1e-6, rgb / np.maximum(alpha[..., None], 1e-6), 0.0)
-    rgba = np.empty(alpha8.shape + (4,), np.uint8)
-    rgba[..., :3] = np.round(srgb_encode(straight) * 255.0).astype(np.uint8)
-    rgba[..., :3][~covered] = 0
+    rgba = np.zeros((h, w, 4), np.uint8)
     rgba[..., 3] = alpha8
-    return ViewArrays(rgba, depth.astype(np.float32), normal.astype(np.float32))
-
-
-def _fill_from_neighbours(depth: np.ndarray, normal: np.ndarray, missing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For each missing pixel, the depth/normal of its nearest-in-depth hit 8-neighbour."""
-    h, w = depth.shape
-    pad_d = np.pad(depth, 1, constant_values=0.0)
-    pad_n = np.pad(normal, ((1, 1), (1, 1), (0, 0)))
-    best = np.full((h, w), np.inf)
-    best_n = np.zeros_like(normal)
-    for dy in (-1, 0, 1):
-        for dx in (-1, 0, 1):
-            if dy == 0 and dx == 0:
-                continue
-            d = pad_d[1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
-            n = pad_n[1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
-            better = (d > 0) & (d < best)
-            best = np.where(better, d, best)
-            best_n = np.where(better[..., None], n, best_n)
-    fill = missing & np.isfinite(best)
-    return np.where(fill, best, depth), np.where(fill[..., None], best_n, normal)
+    out_normal = np.zeros((h, w, 3), np.float32)
+    ys, xs = np.nonzero(covered)
+    n = normal[ys, xs]
+    out_normal[ys, xs] = n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-6)
+    a = np.maximum(alpha[ys, xs], 1e-6)[:, None]
+    rgb = np.stack([_find(channels, f"Combined.{c}")[ys, xs] for c in "RGB"], -1) / a
+    index = (np.clip(rgb, 0.0, 1.0) * (_SRGB_LUT_SIZE - 1) + 0.5).astype(np.int32)
+    rgba[ys, xs, :3] = _SRGB_LUT[index]
+    return ViewArrays(rgba, depth, out_normal)

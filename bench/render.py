@@ -1,0 +1,152 @@
+"""End-to-end render throughput: scene build + render + PNG/float encode + Parquet write.
+
+Runs the same worker code as the Ray farm (pipelines.render.ViewShardWriter) in plain processes,
+one Blender each, so it also runs where Ray is absent (the GPU machine's Blender Python).
+
+  CPU here:      python bench/render.py --engine cycles --resolution 256 --procs 1
+  GPU machine:   python3.11 bench/render.py --engine eevee --resolution 512 --procs 1,2,4
+
+Needs a generated root (`--root`, default: generates 48 shapes into a temporary root when Ray and
+the generator are available). Prints views/s (aggregate over processes, after each process
+rendered one warm-up shape) and core-seconds per view; with --check, also compares the engine's
+depth and alpha against Cycles on CPU for one view.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def _worker(args) -> dict:
+    root, engine, resolution, samples, views, threads, shard_specs, barrier, out_dir = args
+    from pipelines.render import RenderConfig, ViewShardWriter
+    from zeroverse.cameras import RigConfig
+    from zeroverse.render_settings import RenderSettings
+    from zeroverse.shards import Manifest
+
+    cfg = RenderConfig(
+        root=Path(out_dir),
+        rig=RigConfig(num_views=views),
+        settings=RenderSettings(engine=engine, resolution=resolution, samples=samples, threads=threads),
+        shapes_per_shard=len(shard_specs[0][2]),
+    )
+    shapes = Manifest.load(Path(root) / "shapes")
+    writer = ViewShardWriter(cfg, shapes)
+    # Read shapes from the source root, write views to this run's output root.
+    writer.shape_files = {sid: Path(root) / "shapes" / s["file"] for s in shapes.shards for sid in s["shape_ids"]}
+    first, last, ids = shard_specs[0]
+    t0 = time.perf_counter()
+    writer.render_shard(first, last, ids[:1])  # warm-up: shader compile, texture cache, kernels
+    warmup = time.perf_counter() - t0
+    barrier.wait()
+    start, c0 = time.perf_counter(), time.process_time()
+    views_done = 0
+    for first, last, ids in shard_specs[1:]:
+        record = writer.render_shard(first, last, ids)
+        views_done += record["rows"]
+    end = time.perf_counter()
+    return {"start": start, "end": end, "views": views_done, "cpu": time.process_time() - c0, "warmup": warmup}
+
+
+def run(root: Path, engine: str, resolution: int, samples: int, views: int, procs: int, threads: int, shards_per_proc: int, shapes_per_shard: int) -> dict:
+    from pipelines.render import view_shard_plan
+    from zeroverse.shards import Manifest
+
+    ids = Manifest.load(root / "shapes").shape_ids()
+    plan = view_shard_plan(ids, shapes_per_shard)
+    need = procs * (shards_per_proc + 1)
+    if len(plan) < need:
+        raise SystemExit(f"root has {len(plan)} shards of {shapes_per_shard} shapes; need {need} (generate more shapes)")
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Manager().Barrier(procs)
+    out = Path(tempfile.mkdtemp(prefix="zv-bench-render-"))
+    jobs = [(str(root), engine, resolution, samples, views, threads, plan[p * (shards_per_proc + 1):(p + 1) * (shards_per_proc + 1)], barrier, str(out)) for p in range(procs)]
+    try:
+        with ctx.Pool(procs) as pool:
+            results = pool.map(_worker, jobs)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    span = max(r["end"] for r in results) - min(r["start"] for r in results)
+    total = sum(r["views"] for r in results)
+    return {
+        "procs": procs,
+        "views": total,
+        "views_per_s": total / span,
+        "core_s_per_view": sum(r["cpu"] for r in results) / total,
+        "median_warmup_s": statistics.median(r["warmup"] for r in results),
+    }
+
+
+def check_against_cycles(root: Path, engine: str, resolution: int) -> dict:
+    """Depth and silhouette of `engine` against Cycles (CPU) for the same shape and camera."""
+    import numpy as np
+
+    from blender_scripts.render_views import BlenderRenderer
+    from pipelines.render import shape_mesh
+    from pipelines.texture_bank import open_bank
+    from zeroverse.cameras import RigConfig, make_cameras, rig_rng
+    from zeroverse.render_settings import RenderSettings
+    from zeroverse.shards import Manifest, read_shape_rows
+
+    shapes = Manifest.load(root / "shapes")
+    row = next(read_shape_rows(root / "shapes", [shapes.shape_ids()[0]]))
+    mesh, textures = shape_mesh(row)
+    bank = open_bank(shapes.config.get("textures", {}), root)
+    cams = make_cameras(RigConfig(num_views=2), rig_rng(0, row["shape_id"]), resolution, float(np.linalg.norm(mesh.vertices, axis=1).max()))
+    out = {}
+    for name in ("cycles", engine):
+        renderer = BlenderRenderer(RenderSettings(engine=name, resolution=resolution, samples=8, threads=os.cpu_count() or 1), bank.get)
+        out[name] = renderer.render_shape(mesh, textures, cams)
+        renderer.close()
+    a, b = out["cycles"][0], out[engine][0]
+    both = (a.depth > 0) & (b.depth > 0)
+    union = (a.rgba[..., 3] > 0) | (b.rgba[..., 3] > 0)
+    return {
+        "alpha_iou": float(both.sum() / max(1, union.sum())),
+        "median_abs_depth_diff": float(np.median(np.abs(a.depth[both] - b.depth[both]))) if both.any() else float("nan"),
+        "median_normal_dot": float(np.median(np.sum(a.normal[both] * b.normal[both], -1))) if both.any() else float("nan"),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description="End-to-end render throughput (views/s) per process count.")
+    p.add_argument("--root", type=Path, default=None, help="a generated root (default: make one with 48 shapes)")
+    p.add_argument("--engine", default="cycles", choices=["cycles", "eevee", "workbench"])
+    p.add_argument("--resolution", type=int, default=256)
+    p.add_argument("--samples", type=int, default=None)
+    p.add_argument("--views", type=int, default=8)
+    p.add_argument("--procs", default="1", help="comma-separated process counts, e.g. 1,2,4")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads per Blender process")
+    p.add_argument("--shards-per-proc", type=int, default=2)
+    p.add_argument("--shapes-per-shard", type=int, default=2)
+    p.add_argument("--check", action="store_true", help="compare depth/alpha against Cycles for one view")
+    args = p.parse_args()
+    samples = args.samples or (16 if args.engine == "eevee" else 8)
+    root = args.root
+    if root is None:
+        from pipelines.generate import GenerateConfig, run_generate
+
+        root = Path(tempfile.mkdtemp(prefix="zv-bench-root-"))
+        run_generate(GenerateConfig(root=root, n=48, seed=0, shard_size=16), progress=False)
+    rows = [run(root, args.engine, args.resolution, samples, args.views, n, args.threads, args.shards_per_proc, args.shapes_per_shard) for n in (int(x) for x in args.procs.split(","))]
+    print(f"render benchmark: engine {args.engine}, {args.resolution}², {samples} samples, {args.views} views/shape, "
+          f"{args.threads} thread(s)/process, end to end (build + render + encode + write)")
+    print(f"{'processes':>9} {'views':>6} {'views/s':>9} {'core-s/view':>12} {'warm-up s':>10}")
+    for r in rows:
+        print(f"{r['procs']:>9} {r['views']:>6} {r['views_per_s']:>9.2f} {r['core_s_per_view']:>12.3f} {r['median_warmup_s']:>10.1f}")
+    if args.check:
+        print("check vs cycles:", check_against_cycles(root, args.engine, 128))
+
+
+if __name__ == "__main__":
+    main()
