@@ -1,0 +1,533 @@
+"""Train GS-LRM on rendered views; reads top to bottom (nanoGPT style).
+
+    cfg = TrainConfig(root="data/zeroverse", out="runs/gslrm-small", preset="small", steps=80_000)
+    result = train(cfg)                # single process
+    # torchrun --nproc_per_node=8 -m ...   (WORLD_SIZE > 1: DDP, one process per GPU)
+
+Each batch follows the dataset contract (zeroverse.data.ViewDataset, collated):
+`images` [B, V, 3, H, W] in [0, 1] on white, `c2w` [B, V, 4, 4], `K` [B, V, 3, 3], ...; the
+first `num_input_views` views go into the model, the others are rendered and supervised.
+
+Loss: MSE + lpips_weight * perceptual (VGG16, weights from `perceptual_weights`), or, when no
+weights are given, MSE + ssim_weight * (1 - SSIM) with a warning: random VGG weights are never
+used. Outputs in `out`: run.json (configs), metrics.jsonl (always), TensorBoard events (when
+tensorboard is installed), images/step-*.png (inputs / targets / predictions),
+ckpt-<step>.pt and latest.pt (weights_only-loadable; `resume=True` continues from latest.pt
+and reproduces the same next-step loss on CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from . import losses, metrics
+from .checkpoint import load_checkpoint, rng_state, save_training_checkpoint, set_rng_state
+from .gslrm import GSLRM, PRESETS, RUNTIME_FIELDS, GSLRMConfig
+
+log = logging.getLogger(__name__)
+
+MODELS = ("gs-lrm",)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    root: str  # dataset root (ViewDataset); unused when a dataset object is passed to train()
+    out: str  # run folder
+    model: str = "gs-lrm"
+    preset: str = "small"  # GS-LRM size: tiny | small | base (gslrm.PRESETS)
+    steps: int = 100_000
+    batch_size: int = 8  # per process
+    lr: float = 4e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.05
+    warmup_steps: int = 2_000
+    grad_clip: float = 1.0  # max global grad norm; <= 0 disables clipping
+    bf16: bool = True  # autocast the transformer to bf16 (CUDA only; rendering stays fp32)
+    grad_checkpointing: bool = False
+    attention: str = "auto"  # SDPA kernel preference (gslrm.ATTENTION_BACKENDS), speed only
+    num_input_views: int = 4
+    num_target_views: int = 4
+    image_size: int = 256
+    log_every: int = 10
+    image_every: int = 1_000
+    ckpt_every: int = 5_000
+    seed: int = 0
+    resume: bool = False
+    perceptual_weights: str | None = None  # VGG16 state dict (see losses.PerceptualLoss)
+    lpips_weight: float = 0.5
+    ssim_weight: float = 0.2  # used only when there are no perceptual weights
+    num_workers: int = 4
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (torchrun: the local rank's GPU)
+
+    def __post_init__(self):
+        if self.model not in MODELS:
+            raise ValueError(f"model {self.model!r} is not trained here; choose one of {MODELS}")
+        if self.preset not in PRESETS:
+            raise ValueError(f"preset {self.preset!r} unknown; choose one of {sorted(PRESETS)}")
+        for name in ("steps", "batch_size", "num_input_views", "num_target_views", "image_size",
+                     "log_every", "image_every", "ckpt_every"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.warmup_steps < 0 or self.num_workers < 0:
+            raise ValueError("warmup_steps and num_workers must be >= 0")
+        if len(self.betas) != 2:
+            raise ValueError(f"betas must be two floats, got {self.betas}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+
+@dataclass
+class TrainResult:
+    step: int  # the step the run reached
+    losses: list[float] = field(default_factory=list)  # per step run by this call
+    last_checkpoint: Path | None = None
+    metrics_path: Path | None = None
+    perceptual: bool = False  # whether the perceptual term was used
+    skipped_steps: int = 0  # updates skipped for a non-finite gradient
+
+
+# --------------------------------------------------------------------------------------------
+# The training run
+# --------------------------------------------------------------------------------------------
+
+
+def train(cfg: TrainConfig, dataset: Dataset | None = None) -> TrainResult:
+    ctx = _setup_distributed(cfg.device)
+    device, rank, world = ctx["device"], ctx["rank"], ctx["world"]
+    is_main = rank == 0
+    out = Path(cfg.out)
+    latest = out / "latest.pt"
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    if latest.exists() and not cfg.resume:
+        raise ValueError(f"{out} already holds checkpoints; pass resume=True or choose another out")
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    # Same seed on every rank: identical initial weights (DDP also broadcasts them).
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    model_cfg = GSLRMConfig.preset(
+        cfg.preset,
+        image_size=cfg.image_size,
+        num_input_views=cfg.num_input_views,
+        grad_checkpointing=cfg.grad_checkpointing,
+        attention=cfg.attention,
+    )
+    model = GSLRM(model_cfg).to(device)
+    optimizer = _build_optimizer(model, cfg, device)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
+
+    perceptual = None
+    if cfg.perceptual_weights:
+        perceptual = losses.PerceptualLoss(cfg.perceptual_weights).to(device)
+    elif is_main:
+        log.warning(
+            "perceptual loss skipped: no perceptual_weights given (pretrained VGG16 weights "
+            "cannot be downloaded here and random ones are never used); training with "
+            "MSE + %g * (1 - SSIM), and LPIPS will not be reported", cfg.ssim_weight,
+        )
+
+    step = 0
+    if cfg.resume and latest.exists():
+        ckpt = load_checkpoint(latest, map_location="cpu")
+        _check_same_model(ckpt["model_config"], model_cfg, latest)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        set_rng_state(ckpt["rng"])
+        step = int(ckpt["step"])
+        if is_main:
+            log.info("resumed from %s at step %d", latest, step)
+    elif cfg.resume and is_main:
+        log.info("resume=True but %s does not exist: starting from step 0", latest)
+
+    ddp_model: nn.Module = model
+    if world > 1:
+        ddp_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+
+    collate_fn = None  # torch's default_collate for an injected dataset
+    if dataset is None:
+        dataset, collate_fn = _view_dataset(cfg)
+    batches = _batches(dataset, cfg, rank, world, step, pin=device.type == "cuda",
+                       collate_fn=collate_fn)
+
+    writer = _tensorboard(out) if is_main else None
+    metrics_path = out / "metrics.jsonl"
+    if is_main:
+        run_info = {
+            "train_config": cfg.to_dict(),
+            "model_config": model_cfg.to_dict(),
+            "num_params": model.num_params(),
+            "perceptual": perceptual is not None,
+            "world_size": world,
+            "device": str(device),
+            "torch": torch.__version__,
+            "start_step": step,
+        }
+        (out / "run.json").write_text(json.dumps(run_info, indent=2))
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if (cfg.bf16 and device.type == "cuda") else nullcontext()
+    background = torch.ones(3, device=device)  # the dataset composites on white
+
+    result = TrainResult(step=step, metrics_path=metrics_path, perceptual=perceptual is not None)
+    window: dict[str, float] = {}
+    t_window, data_time, n_window = time.perf_counter(), 0.0, 0
+    progress = _progress(cfg.steps, step, disable=not is_main)
+    model.train()
+    while step < cfg.steps:
+        t0 = time.perf_counter()
+        batch = _to_device(next(batches), device)
+        data_time += time.perf_counter() - t0
+        inputs, targets = _split_views(batch, cfg.num_input_views, model_cfg.patch_size)
+
+        with amp:
+            gaussians = ddp_model(inputs["images"], inputs["c2w"], inputs["K"])
+        H, W = targets["images"].shape[-2:]
+        render = GSLRM.render(gaussians, targets["c2w"], targets["K"], H, W, background)
+        pred = render.rgb.permute(0, 1, 4, 2, 3)  # [B, Vt, 3, H, W]
+        target = targets["images"]
+        terms = {"mse": losses.mse(pred, target)}
+        if perceptual is not None:
+            with amp:
+                terms["perceptual"] = perceptual(pred, target)
+            loss = terms["mse"] + cfg.lpips_weight * terms["perceptual"].float()
+        else:
+            terms["ssim"] = losses.ssim(pred, target)
+            loss = terms["mse"] + cfg.ssim_weight * (1 - terms["ssim"])
+
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = _clip_grad(model, cfg.grad_clip)
+        lr = optimizer.param_groups[0]["lr"]  # the rate this update uses
+        if torch.isfinite(grad_norm):
+            optimizer.step()
+        else:
+            # One bad batch should not end a long run; the schedule still advances.
+            result.skipped_steps += 1
+            if is_main:
+                log.warning("step %d: non-finite gradient norm, update skipped", step + 1)
+        scheduler.step()
+        step += 1
+
+        with torch.no_grad():
+            named = {"loss": loss, "psnr": metrics.psnr(pred, target).mean(),
+                     "grad_norm": grad_norm, **terms}
+            # One device sync per step for all the scalars.
+            values = dict(zip(named, torch.stack([v.float() for v in named.values()]).tolist()))
+        loss_value = values["loss"]
+        result.losses.append(loss_value)
+        result.step = step
+        progress.update(1)
+        progress.set_postfix(loss=f"{loss_value:.4f}")
+        for k, v in values.items():
+            window[k] = window.get(k, 0.0) + v
+        n_window += 1
+
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            record = _reduce_mean({k: v / n_window for k, v in window.items()}, world, device)
+            elapsed = time.perf_counter() - t_window
+            record.update(
+                step=step,
+                lr=lr,
+                step_time=elapsed / n_window,
+                data_time=data_time / n_window,
+                samples_per_s=n_window * cfg.batch_size * world / max(elapsed, 1e-9),
+            )
+            if is_main:
+                _write_metrics(metrics_path, writer, record)
+            window, t_window, data_time, n_window = {}, time.perf_counter(), 0.0, 0
+
+        if is_main and (step == 1 or step % cfg.image_every == 0 or step == cfg.steps):
+            save_image_grid(out / "images" / f"step-{step:07d}.png",
+                            inputs["images"], target, pred.detach())
+
+        if step % cfg.ckpt_every == 0 or step == cfg.steps:
+            if is_main:
+                state = {
+                    "step": step,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "rng": rng_state(),
+                    "model_config": model_cfg.to_dict(),
+                    "train_config": cfg.to_dict(),
+                    "zeroverse_version": _version(),
+                }
+                result.last_checkpoint = save_training_checkpoint(state, out, step)
+            if world > 1:
+                dist.barrier()
+
+    progress.close()
+    if writer is not None:
+        writer.close()
+    if ctx["owns_group"]:
+        dist.destroy_process_group()
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Pieces
+# --------------------------------------------------------------------------------------------
+
+
+def _setup_distributed(device_arg: str) -> dict[str, Any]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return {"device": _resolve_device(device_arg), "rank": 0, "world": 1, "owns_group": False}
+    rank = int(os.environ["RANK"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = device_arg != "cpu" and torch.cuda.is_available()
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    owns = not dist.is_initialized()
+    if owns:
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return {"device": device, "rank": rank, "world": world, "owns_group": owns}
+
+
+def _resolve_device(device_arg: str) -> torch.device:
+    if device_arg == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device_arg)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device_arg!r} but CUDA is not available; use 'cpu' or 'auto'")
+    return device
+
+
+def _build_optimizer(model: GSLRM, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW; no weight decay on norms (1-D weights) or the patch embedding."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.dim() < 2 or name.startswith("patch_embed") else decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas),
+                             fused=device.type == "cuda")
+
+
+def _lr_lambda(cfg: TrainConfig):
+    """Linear warm-up to cfg.lr over warmup_steps, then cosine decay to 0 at cfg.steps."""
+    warmup, total = cfg.warmup_steps, cfg.steps
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def _clip_grad(model: nn.Module, max_norm: float) -> Tensor:
+    params = [p for p in model.parameters() if p.grad is not None]
+    if max_norm > 0:
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+    return torch.nn.utils.get_total_norm([p.grad for p in params])
+
+
+def _check_same_model(saved: dict, cfg: GSLRMConfig, path: Path) -> None:
+    now = cfg.to_dict()
+    # Runtime fields (gradient checkpointing, attention kernel) do not change the weights.
+    diff = {k: (saved.get(k), v) for k, v in now.items()
+            if k not in RUNTIME_FIELDS and saved.get(k) != v}
+    if diff:
+        raise ValueError(f"{path} was trained with a different model config (saved, now): {diff}")
+
+
+def _view_dataset(cfg: TrainConfig):
+    try:
+        from zeroverse.data import ViewDataset, collate
+    except ImportError as e:
+        raise ImportError(
+            "zeroverse.data.ViewDataset is needed to train from a dataset root; "
+            "pass dataset=... to train() instead"
+        ) from e
+    dataset = ViewDataset(
+        cfg.root,
+        num_input_views=cfg.num_input_views,
+        num_target_views=cfg.num_target_views,
+        resolution=cfg.image_size,
+        seed=cfg.seed,
+    )
+    return dataset, collate
+
+
+class EpochSampler(Sampler[int]):
+    """This rank's share of a seeded permutation of the dataset for one epoch, from `start`.
+
+    Depends only on (seed, epoch, rank, world), so a resumed run sees the same samples in
+    the same order as an uninterrupted one.
+    """
+
+    def __init__(self, n: int, seed: int, epoch: int, rank: int, world: int, start: int = 0):
+        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        perm = torch.randperm(n, generator=g)[: (n // world) * world]
+        self.indices = perm[rank::world][start:].tolist()
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def _worker_init(worker_id: int) -> None:
+    # Each worker's torch seed comes from the loader's own generator; derive the others.
+    s = torch.initial_seed() % 2**32
+    np.random.seed(s)
+    random.seed(s)
+
+
+def _batches(dataset: Dataset, cfg: TrainConfig, rank: int, world: int, step: int,
+             pin: bool, collate_fn=None) -> Iterator[dict]:
+    """Endless batches; batch k of the run depends only on (seed, k), whatever `step` is.
+
+    A dataset with `set_epoch` (ViewDataset: which views of each shape are used) is told the
+    epoch before that epoch's loader starts its workers.
+    """
+    n = len(dataset)
+    per_epoch = (n // world) // cfg.batch_size
+    if per_epoch == 0:
+        raise ValueError(
+            f"dataset of {n} samples is too small for batch_size {cfg.batch_size} x {world} "
+            "processes"
+        )
+    while True:
+        epoch, offset = divmod(step, per_epoch)
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(epoch)
+        sampler = EpochSampler(n, cfg.seed, epoch, rank, world, start=offset * cfg.batch_size)
+        loader = DataLoader(
+            dataset,
+            batch_size=cfg.batch_size,
+            sampler=sampler,
+            collate_fn=collate_fn,
+            num_workers=cfg.num_workers,
+            drop_last=True,
+            pin_memory=pin,
+            worker_init_fn=_worker_init,
+            # Own generator: worker seeds must not draw from (and shift) the global RNG.
+            generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch * 104_729 + rank),
+        )
+        for batch in loader:
+            yield batch
+            step += 1
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v
+            for k, v in batch.items()}
+
+
+def _split_views(batch: dict, num_inputs: int, patch: int) -> tuple[dict, dict]:
+    for key in ("images", "c2w", "K"):
+        if key not in batch:
+            raise ValueError(f"batch lacks {key!r}; it has {sorted(batch)}")
+    images = batch["images"]
+    if images.dim() != 5 or images.shape[2] != 3:
+        raise ValueError(f"batch['images'] must be [B, V, 3, H, W], got {tuple(images.shape)}")
+    V, H, W = images.shape[1], images.shape[-2], images.shape[-1]
+    if V <= num_inputs:
+        raise ValueError(f"batch has {V} views; need num_input_views={num_inputs} plus targets")
+    if H % patch or W % patch:
+        raise ValueError(f"images are {H}x{W}; both must be multiples of patch_size {patch}")
+    inputs = {k: batch[k][:, :num_inputs].float() for k in ("images", "c2w", "K")}
+    targets = {k: batch[k][:, num_inputs:].float() for k in ("images", "c2w", "K")}
+    return inputs, targets
+
+
+def _reduce_mean(values: dict[str, float], world: int, device: torch.device) -> dict[str, float]:
+    if world <= 1:
+        return dict(values)
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return {k: float(v) / world for k, v in zip(keys, t.tolist())}
+
+
+def _tensorboard(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+
+        return SummaryWriter(str(out / "tb"))
+    except Exception as e:  # tensorboard is optional; metrics.jsonl is always written
+        log.info("TensorBoard unavailable (%s); metrics go to metrics.jsonl only", e)
+        return None
+
+
+def _write_metrics(path: Path, writer, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+    if writer is not None:
+        for k, v in record.items():
+            if k != "step":
+                writer.add_scalar(f"train/{k}", v, record["step"])
+
+
+def _progress(total: int, initial: int, disable: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=disable, dynamic_ncols=True, desc="train")
+
+
+def _version() -> str:
+    try:
+        from zeroverse import __version__
+
+        return __version__
+    except Exception:
+        return "unknown"
+
+
+def save_image_grid(
+    path: Path,
+    inputs: Tensor,  # [B, Vin, 3, H, W]
+    targets: Tensor,  # [B, Vt, 3, H, W]
+    preds: Tensor,  # [B, Vt, 3, H, W]
+    max_samples: int = 2,
+) -> Path:
+    """PNG with three rows per sample: input views, target views, predicted target views."""
+    from PIL import Image
+
+    B, Vin, _, H, W = inputs.shape
+    cols = max(Vin, targets.shape[1])
+    rows = []
+    for b in range(min(B, max_samples)):
+        for views in (inputs[b], targets[b], preds[b]):
+            row = torch.ones(3, H, cols * W)
+            for v in range(views.shape[0]):
+                row[:, :, v * W:(v + 1) * W] = views[v].detach().float().cpu().clamp(0, 1)
+            rows.append(row)
+    grid = torch.cat(rows, dim=1)
+    array = (grid.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+    return path
