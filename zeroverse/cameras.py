@@ -39,6 +39,7 @@ class RigConfig:
     orbit_elevation_deg: float = 20.0
     spiral_elevation_range_deg: tuple[float, float] = (-20.0, 60.0)
     spiral_turns: float = 2.0
+    eval_targets_per_ring: int = EVAL_TARGET_AZIMUTHS  # eval rig: fewer targets for quick checks
     bev: bool = False  # add one top-down orthographic view
     near: float = 0.05
     far: float = 100.0
@@ -48,6 +49,8 @@ class RigConfig:
             raise ValueError(f"--rig {self.kind!r} is unknown; choose one of {', '.join(RIG_KINDS)}")
         if self.num_views < 1:
             raise ValueError(f"--views {self.num_views}: need at least one view")
+        if not (1 <= self.eval_targets_per_ring <= 360):
+            raise ValueError(f"eval_targets_per_ring={self.eval_targets_per_ring}: use 1..360")
         if not (1.0 <= self.fov_deg <= 170.0):
             raise ValueError(f"fov_deg={self.fov_deg}: use a field of view in [1, 170] degrees")
         lo, hi = self.radius_range
@@ -150,8 +153,8 @@ def make_cameras(cfg: RigConfig, rng: np.random.Generator, resolution: int, boun
                 eyes.append(spherical_eye(radius, az, EVAL_INPUT_ELEVATION))
                 roles.append("input")
             for el in EVAL_TARGET_ELEVATIONS:
-                for k in range(EVAL_TARGET_AZIMUTHS):
-                    eyes.append(spherical_eye(radius, k * 360.0 / EVAL_TARGET_AZIMUTHS, el))
+                for k in range(cfg.eval_targets_per_ring):
+                    eyes.append(spherical_eye(radius, k * 360.0 / cfg.eval_targets_per_ring, el))
                     roles.append("target")
         else:
             start = rng.uniform(0.0, 360.0)  # each shape's path starts somewhere else

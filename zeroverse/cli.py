@@ -206,5 +206,48 @@ def preview(root, out, show_views, depth, max_shapes, columns, size) -> None:
     return result
 
 
+@main.command("train-lrm")
+@click.option("--root", type=click.Path(path_type=Path), default=DEFAULT_ROOT, show_default=True, help="Root with rendered views.")
+@click.option("--model", type=click.Choice(["gs-lrm"]), default="gs-lrm", show_default=True)
+@click.option("--preset", type=click.Choice(["tiny", "small", "base"]), default="small", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/gslrm"), show_default=True, help="Run folder.")
+@click.option("--steps", type=int, default=100_000, show_default=True, callback=_positive)
+@click.option("--batch-size", type=int, default=8, show_default=True, callback=_positive, help="Per GPU/process.")
+@click.option("--lr", type=float, default=4e-4, show_default=True)
+@click.option("--warmup-steps", type=int, default=2_000, show_default=True)
+@click.option("--weight-decay", type=float, default=0.05, show_default=True)
+@click.option("--grad-clip", type=float, default=1.0, show_default=True)
+@click.option("--image-size", type=int, default=256, show_default=True, callback=_positive)
+@click.option("--num-input-views", type=int, default=4, show_default=True, callback=_positive)
+@click.option("--num-target-views", type=int, default=4, show_default=True, callback=_positive)
+@click.option("--bf16/--no-bf16", default=True, show_default=True, help="bf16 autocast (CUDA only).")
+@click.option("--grad-checkpointing", is_flag=True)
+@click.option("--perceptual-weights", type=click.Path(exists=True, dir_okay=False), default=None, help="VGG16 state dict for the perceptual loss (without it: MSE + SSIM).")
+@click.option("--log-every", type=int, default=10, show_default=True, callback=_positive)
+@click.option("--image-every", type=int, default=1_000, show_default=True, callback=_positive)
+@click.option("--ckpt-every", type=int, default=5_000, show_default=True, callback=_positive)
+@click.option("--num-workers", type=int, default=4, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")
+@click.option("--max-minutes", type=float, default=None, help="Stop with a checkpoint after this long.")
+def train_lrm(root, model, preset, out, steps, batch_size, lr, warmup_steps, weight_decay, grad_clip, image_size, num_input_views, num_target_views, bf16, grad_checkpointing, perceptual_weights, log_every, image_every, ckpt_every, num_workers, seed, device, resume, max_minutes) -> None:
+    """Train a GS-LRM on ROOT's view shards (several GPUs: launch with torchrun)."""
+    from zeroverse.lrm.train import TrainConfig, train
+
+    try:
+        cfg = TrainConfig(
+            root=str(root), out=str(out), model=model, preset=preset, steps=steps, batch_size=batch_size, lr=lr,
+            warmup_steps=warmup_steps, weight_decay=weight_decay, grad_clip=grad_clip, image_size=image_size,
+            num_input_views=num_input_views, num_target_views=num_target_views, bf16=bf16,
+            grad_checkpointing=grad_checkpointing, perceptual_weights=perceptual_weights, log_every=log_every,
+            image_every=image_every, ckpt_every=ckpt_every, num_workers=num_workers, seed=seed, device=device, resume=resume, max_minutes=max_minutes,
+        )
+        result = train(cfg)
+    except (ValueError, FileExistsError, FileNotFoundError) as err:
+        raise _fail(err) from err
+    click.echo(f"trained to step {result.step}; checkpoint {result.last_checkpoint}; metrics {result.metrics_path}")
+
+
 if __name__ == "__main__":
     main()

@@ -73,6 +73,9 @@ class TrainConfig:
     ssim_weight: float = 0.2  # used only when there are no perceptual weights
     num_workers: int = 4
     device: str = "auto"  # auto | cpu | cuda | cuda:N (torchrun: the local rank's GPU)
+    # Stop (with a checkpoint) after this many minutes even if `steps` is not reached: for runs
+    # that must fit a fixed machine lease. Keep `steps` near what fits so the cosine decays.
+    max_minutes: float | None = None
 
     def __post_init__(self):
         if self.model not in MODELS:
@@ -196,7 +199,9 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> TrainResult:
     t_window, data_time, n_window = time.perf_counter(), 0.0, 0
     progress = _progress(cfg.steps, step, disable=not is_main)
     model.train()
-    while step < cfg.steps:
+    started = time.perf_counter()
+    time_up = False
+    while step < cfg.steps and not time_up:
         t0 = time.perf_counter()
         batch = _to_device(next(batches), device)
         data_time += time.perf_counter() - t0
@@ -230,6 +235,12 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> TrainResult:
                 log.warning("step %d: non-finite gradient norm, update skipped", step + 1)
         scheduler.step()
         step += 1
+        if cfg.max_minutes is not None:
+            time_up = time.perf_counter() - started > cfg.max_minutes * 60
+            if world > 1:  # every rank must stop at the same step, or DDP hangs
+                flag = torch.tensor([float(time_up)], device=device)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                time_up = bool(flag.item())
 
         with torch.no_grad():
             named = {"loss": loss, "psnr": metrics.psnr(pred, target).mean(),
@@ -245,7 +256,7 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> TrainResult:
             window[k] = window.get(k, 0.0) + v
         n_window += 1
 
-        if step % cfg.log_every == 0 or step == cfg.steps:
+        if step % cfg.log_every == 0 or step == cfg.steps or time_up:
             record = _reduce_mean({k: v / n_window for k, v in window.items()}, world, device)
             elapsed = time.perf_counter() - t_window
             record.update(
@@ -259,11 +270,11 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> TrainResult:
                 _write_metrics(metrics_path, writer, record)
             window, t_window, data_time, n_window = {}, time.perf_counter(), 0.0, 0
 
-        if is_main and (step == 1 or step % cfg.image_every == 0 or step == cfg.steps):
+        if is_main and (step == 1 or step % cfg.image_every == 0 or step == cfg.steps or time_up):
             save_image_grid(out / "images" / f"step-{step:07d}.png",
                             inputs["images"], target, pred.detach())
 
-        if step % cfg.ckpt_every == 0 or step == cfg.steps:
+        if step % cfg.ckpt_every == 0 or step == cfg.steps or time_up:
             if is_main:
                 state = {
                     "step": step,
