@@ -118,6 +118,35 @@ def view_shard_plan(shape_ids: list[int], shapes_per_shard: int) -> list[tuple[i
     return [(k * shapes_per_shard, (k + 1) * shapes_per_shard - 1, ids) for k, ids in sorted(groups.items())]
 
 
+def encode_view_rows(shape_id: int, views: list, cameras, settings: RenderSettings) -> list[dict[str, Any]]:
+    """Rendered views of one shape -> VIEW_SCHEMA rows (PNG and raw little-endian maps)."""
+    from zeroverse.cameras import unproject_depth
+
+    rows = []
+    for v, view in enumerate(views):
+        position = None
+        if settings.positions:
+            world = unproject_depth(view.depth, cameras.c2w[v], cameras.intrinsics[v], cameras.projections[v])
+            position = encode_array(world, "<f4")
+        rows.append(
+            {
+                "shape_id": int(shape_id),
+                "view": v,
+                "role": cameras.roles[v],
+                "projection": cameras.projections[v],
+                "width": cameras.width,
+                "height": cameras.height,
+                "c2w": cameras.c2w[v].astype(np.float32).reshape(-1).tolist(),
+                "intrinsics": cameras.intrinsics[v].astype(np.float32).tolist(),
+                "rgba": encode_png(view.rgba, settings.png_level),
+                "depth": encode_array(view.depth, "<f4"),
+                "normal": encode_array(view.normal, "<f2"),
+                "position": position,
+            }
+        )
+    return rows
+
+
 class ViewShardWriter:
     """Renders view shards in one long-lived Blender. Ray-free: the farm wraps it in an actor,
     the GPU benchmark drives it from a plain process."""
@@ -156,33 +185,7 @@ class ViewShardWriter:
         bound = float(np.linalg.norm(mesh.vertices, axis=1).max())
         cameras = make_cameras(self.cfg.rig, rig_rng(self.seed, sid), s.resolution, bound)
         self.renderer.set_light(*shape_light(s, self.seed, sid))
-        views = self.renderer.render_shape(mesh, textures, cameras)
-        out = []
-        for v, view in enumerate(views):
-            positions = None
-            if s.positions:
-                from zeroverse.cameras import unproject_depth
-
-                positions = encode_array(
-                    unproject_depth(view.depth, cameras.c2w[v], cameras.intrinsics[v], cameras.projections[v]), "<f4"
-                )
-            out.append(
-                {
-                    "shape_id": sid,
-                    "view": v,
-                    "role": cameras.roles[v],
-                    "projection": cameras.projections[v],
-                    "width": cameras.width,
-                    "height": cameras.height,
-                    "c2w": cameras.c2w[v].astype(np.float32).reshape(-1).tolist(),
-                    "intrinsics": cameras.intrinsics[v].astype(np.float32).tolist(),
-                    "rgba": encode_png(view.rgba, s.png_level),
-                    "depth": encode_array(view.depth, "<f4"),
-                    "normal": encode_array(view.normal, "<f2"),
-                    "position": positions,
-                }
-            )
-        return out
+        return encode_view_rows(sid, self.renderer.render_shape(mesh, textures, cameras), cameras, s)
 
     def render_shard(self, first: int, last: int, shape_ids: list[int], on_views: Callable[[int], None] | None = None) -> dict[str, Any]:
         """Renders `shape_ids` (all within [first, last]) into one view shard; a shape that raises
@@ -294,7 +297,9 @@ def run_render(
         result.failures = list(views.failures)
         return result
 
-    init_ray(address, workers)
+    # A local Ray needs `threads` CPUs per worker: with only `workers` CPUs, workers beyond
+    # workers // threads would wait (until their deadline) for CPUs that never free up.
+    init_ray(address, workers * max(1, cfg.settings.threads) if workers else None)
     n_workers = max(1, min(workers or int(ray.cluster_resources().get("CPU", 1)) // max(1, cfg.settings.threads), len(todo)))
     counter = ProgressCounter.remote()
     actor_cls = ray.remote(_RenderActor).options(
@@ -385,9 +390,9 @@ def run_render(
 
 
 def _views_per_shape(cfg: RenderConfig) -> int:
-    from zeroverse.cameras import EVAL_INPUT_AZIMUTHS, EVAL_TARGET_AZIMUTHS, EVAL_TARGET_ELEVATIONS
+    from zeroverse.cameras import EVAL_INPUT_AZIMUTHS, EVAL_TARGET_ELEVATIONS
 
-    n = len(EVAL_INPUT_AZIMUTHS) + EVAL_TARGET_AZIMUTHS * len(EVAL_TARGET_ELEVATIONS) if cfg.rig.kind == "eval" else cfg.rig.num_views
+    n = len(EVAL_INPUT_AZIMUTHS) + cfg.rig.eval_targets_per_ring * len(EVAL_TARGET_ELEVATIONS) if cfg.rig.kind == "eval" else cfg.rig.num_views
     return n + (1 if cfg.rig.bev else 0)
 
 
