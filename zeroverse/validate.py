@@ -86,12 +86,26 @@ def validate_shapes(directory: Path, report: ValidationReport) -> None:
                 report.problems.append(f"{where}: face regions do not match region_textures")
 
 
+def _rendered_views_per_shape(config: dict) -> int | None:
+    """Views per shape that the rig recorded in a views manifest's config asks for."""
+    from zeroverse.cameras import EVAL_INPUT_AZIMUTHS, EVAL_TARGET_AZIMUTHS, EVAL_TARGET_ELEVATIONS
+
+    rig = config.get("rig") if isinstance(config, dict) else None
+    if not isinstance(rig, dict) or "num_views" not in rig:
+        return None
+    per_ring = int(rig.get("eval_targets_per_ring", EVAL_TARGET_AZIMUTHS))
+    n = len(EVAL_INPUT_AZIMUTHS) + per_ring * len(EVAL_TARGET_ELEVATIONS) if rig.get("kind") == "eval" else int(rig["num_views"])
+    return n + (1 if rig.get("bev") else 0)
+
+
 def validate_views(directory: Path, report: ValidationReport, expected_views: int | None = None) -> None:
     from PIL import Image
 
     manifest = Manifest.load(directory)
     if manifest is None:
         return
+    if expected_views is None:  # "as rendered": a shard that lost a view must not pass
+        expected_views = _rendered_views_per_shape(manifest.config)
     for shard in manifest.shards:
         table = _open_checked(directory, shard, VIEW_SCHEMA, report)
         if table is None:
@@ -99,9 +113,11 @@ def validate_views(directory: Path, report: ValidationReport, expected_views: in
         report.shards += 1
         path = directory / shard["file"]
         counts: dict[int, int] = {}
+        indices: dict[int, list[int]] = {}
         for row in table.to_pylist():
             sid, view = row["shape_id"], row["view"]
             counts[sid] = counts.get(sid, 0) + 1
+            indices.setdefault(sid, []).append(view)
             report.views += 1
             where = f"{path} shape {sid} view {view}"
             h, w = row["height"], row["width"]
@@ -116,6 +132,10 @@ def validate_views(directory: Path, report: ValidationReport, expected_views: in
             if len(row["depth"]) != h * w * 4:
                 report.problems.append(f"{where}: depth holds {len(row['depth'])} bytes, expected {h * w * 4}")
                 continue
+            if len(row["normal"]) != h * w * 3 * 2:
+                report.problems.append(f"{where}: normal holds {len(row['normal'])} bytes, expected {h * w * 3 * 2}")
+            if row.get("position") is not None and len(row["position"]) != h * w * 3 * 4:
+                report.problems.append(f"{where}: position holds {len(row['position'])} bytes, expected {h * w * 3 * 4}")
             depth = np.frombuffer(row["depth"], "<f4").reshape(h, w)
             c2w = np.asarray(row["c2w"], np.float64).reshape(4, 4)
             R = c2w[:3, :3]
@@ -128,6 +148,8 @@ def validate_views(directory: Path, report: ValidationReport, expected_views: in
         for sid, n in counts.items():
             if expected_views is not None and n != expected_views:
                 report.problems.append(f"{path} shape {sid}: {n} views, expected {expected_views}")
+            elif sorted(indices[sid]) != list(range(n)):
+                report.problems.append(f"{path} shape {sid}: view indices {sorted(indices[sid])}, expected 0..{n - 1} once each")
         if sorted(counts) != sorted(shard["shape_ids"]):
             report.problems.append(f"{path}: shapes {sorted(counts)} differ from the manifest's {shard['shape_ids']}")
 
