@@ -249,5 +249,58 @@ def train_lrm(root, model, preset, out, steps, batch_size, lr, warmup_steps, wei
     click.echo(f"trained to step {result.step}; checkpoint {result.last_checkpoint}; metrics {result.metrics_path}")
 
 
+@main.command("eval")
+@click.option("--checkpoint", type=click.Path(path_type=Path), required=True, help="A checkpoint file or a run folder (its latest.pt).")
+@click.option("--real", "real_dir", type=click.Path(path_type=Path), default=None, help="Folder of textured OBJ/GLB meshes (e.g. gso25).")
+@click.option("--root", type=click.Path(path_type=Path), default=None, help="A generated root: its shapes are rendered with the eval rig (use held-out shapes).")
+@click.option("--views-root", type=click.Path(path_type=Path), default=None, help="An already rendered eval-rig views root.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Default: <checkpoint folder>/eval.")
+@click.option("--resolution", type=int, default=256, show_default=True, help="Render resolution for --real/--root.")
+@click.option("--targets-per-ring", type=int, default=16, show_default=True, help="Eval-rig targets per elevation ring (16 = the protocol).")
+@click.option("--limit", type=int, default=None, callback=_positive, help="Evaluate the first LIMIT objects (--root: default 100).")
+@click.option("--lpips-weights", type=click.Path(exists=True, dir_okay=False), default=None, help="VGG16/LPIPS weights; without them LPIPS is skipped.")
+@click.option("--model-resolution", type=int, default=None, help="With --views-root: run the model at this size (default: its training size).")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def eval_cmd(checkpoint, real_dir, root, views_root, out, resolution, targets_per_ring, limit, lpips_weights, model_resolution, device, progress) -> None:
+    """Evaluate a GS-LRM checkpoint: PSNR/SSIM (LPIPS with weights) per object, table and picture grid."""
+    from zeroverse.lrm.evaluate import checkpoint_path, evaluate, evaluate_procedural, evaluate_real
+
+    chosen = [x for x in (real_dir, root, views_root) if x is not None]
+    if len(chosen) != 1:
+        raise click.UsageError("pass exactly one of --real DIR, --root DIR or --views-root DIR")
+    try:
+        ckpt = checkpoint_path(checkpoint)
+        out = out or ckpt.parent / "eval"
+        common = dict(lpips_weights=lpips_weights, device=device, progress=progress)
+        if real_dir is not None:
+            result = evaluate_real(ckpt, real_dir, out, resolution=resolution, targets_per_ring=targets_per_ring, limit=limit, **common)
+        elif root is not None:
+            result = evaluate_procedural(ckpt, root, out, resolution=resolution, targets_per_ring=targets_per_ring, limit=limit or 100, **common)
+        else:
+            result = evaluate(ckpt, views_root, out, limit=limit, resolution=model_resolution, **common)
+    except ValueError as err:
+        raise _fail(err) from err
+    lp = f", LPIPS {result.lpips:.4f}" if result.lpips is not None else " (LPIPS skipped: no weights)"
+    click.echo(f"{len(result.objects)} objects: PSNR {result.psnr:.2f} dB, SSIM {result.ssim:.4f}{lp}; table {result.metrics_md}, grid {result.grid}")
+
+
+@main.command("export-ply")
+@click.option("--checkpoint", type=click.Path(path_type=Path), required=True)
+@click.option("--views-root", type=click.Path(path_type=Path), required=True, help="Views root holding the input views.")
+@click.option("--index", type=int, default=0, show_default=True, help="Position in the root's sorted shape ids.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output .ply (standard 3DGS layout).")
+@click.option("--device", default="auto", show_default=True)
+def export_ply(checkpoint, views_root, index, out, device) -> None:
+    """Predict Gaussians for one shape and write them as a 3DGS .ply that splat viewers open."""
+    from zeroverse.lrm.evaluate import export_ply_from_checkpoint
+
+    try:
+        result = export_ply_from_checkpoint(checkpoint, views_root, index, out, device=device)
+    except ValueError as err:
+        raise _fail(err) from err
+    click.echo(f"wrote {result.path} ({result.num_gaussians} Gaussians, shape {result.name})")
+
+
 if __name__ == "__main__":
     main()

@@ -106,3 +106,25 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu"):
     model = GSLRM(cfg)
     model.load_state_dict(ckpt["model"])
     return model.eval(), cfg
+
+
+def load_model_with_info(path: str | Path, map_location: str | torch.device = "cpu"):
+    """load_model plus the checkpoint's plain values, from one read of the file (training
+    checkpoints also hold the optimizer state, so reading them twice is not free).
+
+    Returns (model in eval mode, GSLRMConfig, info) with info = {"step": int | None,
+    "train_config": dict | None, "zeroverse_version": str | None}.
+    """
+    from .gslrm import GSLRM, GSLRMConfig
+
+    ckpt = load_checkpoint(path, map_location)
+    cfg = GSLRMConfig.from_dict(ckpt["model_config"])  # raises on keys this version lacks
+    model = GSLRM(cfg)
+    model.load_state_dict(ckpt["model"])
+    step = ckpt.get("step")
+    info = {
+        "step": None if step is None else int(step),
+        "train_config": ckpt.get("train_config"),
+        "zeroverse_version": ckpt.get("zeroverse_version"),
+    }
+    return model.eval(), cfg, info
