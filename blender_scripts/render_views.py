@@ -110,8 +110,6 @@ class BlenderRenderer:
             cycles.transmission_bounces = 0
             cycles.transparent_max_bounces = 2
             cycles.caustics_reflective = cycles.caustics_refractive = False
-            render.threads_mode = "FIXED"
-            render.threads = max(1, s.threads)
         elif s.engine == "eevee":
             render.engine = "BLENDER_EEVEE"
             scene.eevee.taa_render_samples = s.samples
@@ -121,6 +119,10 @@ class BlenderRenderer:
             scene.display.shading.color_type = "TEXTURE"
         else:
             raise ValueError(f"engine {s.engine!r} must be resolved to cycles, eevee or workbench before rendering")
+        # Fixed threads for every engine: Blender otherwise starts a thread per core in each
+        # worker, and N workers on one node fight over N x cores threads.
+        render.threads_mode = "FIXED"
+        render.threads = max(1, s.threads)
         layer = scene.view_layers[0]
         layer.use_pass_z = True
         layer.use_pass_normal = True

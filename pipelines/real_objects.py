@@ -25,6 +25,14 @@ GSO_ATTRIBUTION = (
 )
 
 
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def render_real_objects(
     folder: str | Path,
     root: str | Path,
@@ -36,8 +44,6 @@ def render_real_objects(
 ) -> dict[str, Any]:
     """Renders every object of `folder` (or the first `limit`) into ROOT/views; shape_id is the
     object's index in sorted order, names are in the manifest config."""
-    from tqdm import tqdm
-
     from blender_scripts.render_views import BlenderRenderer
     from pipelines.render import encode_view_rows
 
@@ -53,11 +59,22 @@ def render_real_objects(
         "render": {k: v for k, v in settings.to_dict().items() if k not in ("threads", "texture_cache")},
     }
     manifest = open_manifest(views_dir, "views", 0, identity)
+    try:  # PIL where it exists; Blender's own Python has none, but bpy reads images too
+        import PIL  # noqa: F401
+
+        read_image = None
+    except ImportError:
+        from blender_scripts.images import read_image_rgb as read_image
     textures: dict[int, np.ndarray] = {}
     renderer = None
     started = time.perf_counter()
     written = 0
-    bar = tqdm(total=len(paths), unit="object", desc="render real objects", disable=not progress)
+    try:  # Blender's own Python may lack tqdm: then no bar
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(paths), unit="object", desc="render real objects", disable=not progress)
+    except ImportError:
+        bar = _NoBar()
     for first in range(0, len(paths), shapes_per_shard):
         ids = list(range(first, min(first + shapes_per_shard, len(paths))))
         last = first + shapes_per_shard - 1
@@ -69,7 +86,7 @@ def render_real_objects(
             renderer = BlenderRenderer(settings, lambda tid: textures[tid])
         rows, groups = [], []
         for sid in ids:
-            obj = load_real_object(paths[sid])
+            obj = load_real_object(paths[sid], read_image)
             textures[sid] = obj.texture  # texture id = object index: one cached material each
             bound = float(np.linalg.norm(obj.mesh.vertices, axis=1).max())
             cameras = make_cameras(rig, rig_rng(0, sid), settings.resolution, bound)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -49,9 +50,13 @@ def _read_obj(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return v, f, uv_table[t]
 
 
-def _texture_for(obj_path: Path) -> np.ndarray:
+def _pil_read_rgb(path: Path) -> np.ndarray:
     from PIL import Image
 
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def _texture_for(obj_path: Path, read_image: Callable[[Path], np.ndarray]) -> np.ndarray:
     candidates = []
     mtl = obj_path.with_suffix(".mtl")
     if mtl.exists():
@@ -61,12 +66,13 @@ def _texture_for(obj_path: Path) -> np.ndarray:
     candidates.append(obj_path.parent / "texture.png")
     for path in candidates:
         if path.exists():
-            return np.asarray(Image.open(path).convert("RGB"))
+            return read_image(path)
     return np.full((8, 8, 3), 200, np.uint8)  # untextured: light grey
 
 
-def load_real_object(path: str | Path) -> RealObject:
-    """One object: an OBJ (v/vt/f) with its texture, or a GLB through trimesh."""
+def load_real_object(path: str | Path, read_image: Callable[[Path], np.ndarray] | None = None) -> RealObject:
+    """One object: an OBJ (v/vt/f) with its texture, or a GLB through trimesh. `read_image`
+    decodes the texture (default PIL; Blender's Python passes a bpy-based reader)."""
     path = Path(path)
     if path.is_dir():
         path = path / "model.obj"
@@ -74,7 +80,7 @@ def load_real_object(path: str | Path) -> RealObject:
         raise ValueError(f"{path}: no such mesh; expected NAME/model.obj or a .obj/.glb file")
     if path.suffix.lower() == ".obj":
         v, f, uv = _read_obj(path)
-        texture = _texture_for(path)
+        texture = _texture_for(path, read_image or _pil_read_rgb)
     elif path.suffix.lower() in (".glb", ".gltf"):
         import trimesh
 
