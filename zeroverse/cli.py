@@ -208,7 +208,7 @@ def preview(root, out, show_views, depth, max_shapes, columns, size) -> None:
 
 @main.command("train-lrm")
 @click.option("--root", type=click.Path(path_type=Path), default=DEFAULT_ROOT, show_default=True, help="Root with rendered views.")
-@click.option("--model", type=click.Choice(["gs-lrm"]), default="gs-lrm", show_default=True)
+@click.option("--model", type=click.Choice(["gs-lrm", "g3r"]), default="gs-lrm", show_default=True, help="g3r: the learned iterative optimizer (single process).")
 @click.option("--preset", type=click.Choice(["tiny", "small", "base"]), default="small", show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/gslrm"), show_default=True, help="Run folder.")
 @click.option("--steps", type=int, default=100_000, show_default=True, callback=_positive)
@@ -218,8 +218,11 @@ def preview(root, out, show_views, depth, max_shapes, columns, size) -> None:
 @click.option("--weight-decay", type=float, default=0.05, show_default=True)
 @click.option("--grad-clip", type=float, default=1.0, show_default=True)
 @click.option("--image-size", type=int, default=256, show_default=True, callback=_positive)
-@click.option("--num-input-views", type=int, default=4, show_default=True, callback=_positive)
-@click.option("--num-target-views", type=int, default=4, show_default=True, callback=_positive)
+@click.option("--num-input-views", type=int, default=None, callback=_positive, help="Default: gs-lrm 4, g3r 32 source views.")
+@click.option("--num-target-views", type=int, default=None, callback=_positive, help="Default: 4 novel views.")
+@click.option("--unroll-steps", type=int, default=None, callback=_positive, help="g3r: refinement steps T (default 24).")
+@click.option("--turbo-steps", type=int, default=None, callback=_positive, help="g3r: steps of the turbo schedule (default 6).")
+@click.option("--num-points", type=int, default=None, callback=_positive, help="g3r: Gaussians per shape.")
 @click.option("--bf16/--no-bf16", default=True, show_default=True, help="bf16 autocast (CUDA only).")
 @click.option("--grad-checkpointing", is_flag=True)
 @click.option("--perceptual-weights", type=click.Path(exists=True, dir_okay=False), default=None, help="VGG16 state dict for the perceptual loss (without it: MSE + SSIM).")
@@ -231,10 +234,16 @@ def preview(root, out, show_views, depth, max_shapes, columns, size) -> None:
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")
 @click.option("--max-minutes", type=float, default=None, help="Stop with a checkpoint after this long.")
-def train_lrm(root, model, preset, out, steps, batch_size, lr, warmup_steps, weight_decay, grad_clip, image_size, num_input_views, num_target_views, bf16, grad_checkpointing, perceptual_weights, log_every, image_every, ckpt_every, num_workers, seed, device, resume, max_minutes) -> None:
-    """Train a GS-LRM on ROOT's view shards (several GPUs: launch with torchrun)."""
+def train_lrm(root, model, preset, out, steps, batch_size, lr, warmup_steps, weight_decay, grad_clip, image_size, num_input_views, num_target_views, unroll_steps, turbo_steps, num_points, bf16, grad_checkpointing, perceptual_weights, log_every, image_every, ckpt_every, num_workers, seed, device, resume, max_minutes) -> None:
+    """Train a GS-LRM (or G3R) on ROOT's view shards (GS-LRM on several GPUs: launch with torchrun)."""
+    if model == "g3r":
+        _train_g3r(**{k: v for k, v in locals().items() if k != "model"})
+        return
     from zeroverse.lrm.train import TrainConfig, train
 
+    if any(v is not None for v in (unroll_steps, turbo_steps, num_points)):
+        raise click.UsageError("--unroll-steps, --turbo-steps and --num-points apply to --model g3r only")
+    num_input_views, num_target_views = num_input_views or 4, num_target_views or 4
     try:
         cfg = TrainConfig(
             root=str(root), out=str(out), model=model, preset=preset, steps=steps, batch_size=batch_size, lr=lr,
@@ -247,6 +256,50 @@ def train_lrm(root, model, preset, out, steps, batch_size, lr, warmup_steps, wei
     except (ValueError, FileExistsError, FileNotFoundError) as err:
         raise _fail(err) from err
     click.echo(f"trained to step {result.step}; checkpoint {result.last_checkpoint}; metrics {result.metrics_path}")
+
+
+def _train_g3r(root, preset, out, steps, batch_size, lr, warmup_steps, weight_decay, grad_clip, image_size, num_input_views, num_target_views, unroll_steps, turbo_steps, num_points, bf16, grad_checkpointing, perceptual_weights, log_every, image_every, ckpt_every, num_workers, seed, device, resume, max_minutes) -> None:
+    from zeroverse.lrm.g3r_train import G3RTrainConfig, train_g3r
+
+    if grad_checkpointing or max_minutes is not None:
+        raise click.UsageError("--grad-checkpointing and --max-minutes are not supported with --model g3r")
+    if preset == "base":
+        raise click.UsageError("--model g3r has presets tiny and small")
+    extra = {k: v for k, v in dict(num_input_views=num_input_views, num_target_views=num_target_views, unroll_steps=unroll_steps,
+                                  turbo_steps=turbo_steps, num_points=num_points).items() if v is not None}
+    try:
+        cfg = G3RTrainConfig(
+            root=str(root), out=str(out), preset=preset, steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
+            weight_decay=weight_decay, grad_clip=grad_clip, image_size=image_size, perceptual_weights=perceptual_weights,
+            log_every=log_every, image_every=image_every, ckpt_every=ckpt_every, seed=seed, resume=resume,
+            num_workers=num_workers, device=device, **extra,
+        )
+        result = train_g3r(cfg)
+    except (ValueError, FileExistsError, FileNotFoundError) as err:
+        raise _fail(err) from err
+    click.echo(f"trained G3R to step {result.step}; checkpoint {result.last_checkpoint}; metrics {result.metrics_path}")
+
+
+@main.command()
+@click.option("--checkpoint", type=click.Path(path_type=Path), required=True, help="A G3R checkpoint.")
+@click.option("--root", type=click.Path(path_type=Path), required=True, help="Root with rendered views.")
+@click.option("--index", type=int, default=0, show_default=True, help="Position in the root's sorted shape ids.")
+@click.option("--steps", type=int, default=None, callback=_positive, help="Refinement steps (default: the model's T).")
+@click.option("--turbo", is_flag=True, help="Use the turbo schedule.")
+@click.option("--source-views", type=int, default=None, callback=_positive)
+@click.option("--heldout-views", type=int, default=0, show_default=True, help="Views kept out to report novel-view PSNR.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Write the refined Gaussians as a 3DGS .ply.")
+@click.option("--device", default="auto", show_default=True)
+def refine(checkpoint, root, index, steps, turbo, source_views, heldout_views, out, device) -> None:
+    """Reconstruct one shape from its posed views with a trained G3R in a few learned steps."""
+    from zeroverse.lrm.g3r_train import refine_shape
+
+    try:
+        report = refine_shape(checkpoint, root, index, steps=steps, out=out, num_source_views=source_views,
+                              num_heldout_views=heldout_views, device=device, turbo=turbo)
+    except ValueError as err:
+        raise _fail(err) from err
+    click.echo(json.dumps(report.summary(), indent=1))
 
 
 @main.command("eval")
