@@ -4,8 +4,7 @@ Conventions (zeroverse/conventions.py): OpenCV cameras (x right, y down, z forwa
 camera-to-world 4x4, `K` 3x3 intrinsics in pixels, pixel centres at +0.5: pixel (row i, column j)
 is the point u = j + 0.5, v = i + 0.5 of the image plane.
 
-zeroverse/lrm/camera_rays.py has a twin of `plucker_rays` with the same semantics; the two are
-kept apart until one imports the other.
+zeroverse/lrm/camera_rays.py re-exports these: the model and the dataset share one implementation.
 
 Example:
     >>> c2w = torch.eye(4)[None]

@@ -17,60 +17,12 @@ import math
 import torch
 from torch import Tensor
 
-
-def _check_cameras(c2w: Tensor, K: Tensor) -> None:
-    if c2w.shape[-2:] != (4, 4):
-        raise ValueError(f"c2w must be [..., 4, 4], got {tuple(c2w.shape)}")
-    if K.shape[-2:] != (3, 3):
-        raise ValueError(f"K must be [..., 3, 3], got {tuple(K.shape)}")
-    if c2w.shape[:-2] != K.shape[:-2]:
-        raise ValueError(
-            f"c2w {tuple(c2w.shape)} and K {tuple(K.shape)} must share their leading dims"
-        )
+from zeroverse.data.rays import pixel_rays, plucker_rays  # noqa: F401  (re-exported)
 
 
-def pixel_centres(H: int, W: int, device=None, dtype=torch.float32) -> Tensor:
-    """Homogeneous pixel centres [H, W, 3] = (j + 0.5, i + 0.5, 1)."""
-    v = torch.arange(H, device=device, dtype=dtype) + 0.5
-    u = torch.arange(W, device=device, dtype=dtype) + 0.5
-    vv, uu = torch.meshgrid(v, u, indexing="ij")
-    return torch.stack([uu, vv, torch.ones_like(uu)], dim=-1)
-
-
-def ray_origins_directions(
-    c2w: Tensor,  # [..., 4, 4]
-    K: Tensor,  # [..., 3, 3]
-    H: int,
-    W: int,
-) -> tuple[Tensor, Tensor]:
-    """World-space ray origin and unit direction through every pixel centre.
-
-    Returns (o [..., H, W, 3], d [..., H, W, 3]); |d| = 1, o is the camera centre.
-    """
-    _check_cameras(c2w, K)
-    pix = pixel_centres(H, W, device=c2w.device, dtype=c2w.dtype)  # [H, W, 3]
-    K_inv = torch.linalg.inv(K)  # general K (skew allowed); [..., 3, 3]
-    rot = c2w[..., :3, :3] @ K_inv  # camera pixel -> world direction, [..., 3, 3]
-    d = torch.einsum("...ij,hwj->...hwi", rot, pix)
-    d = d / d.norm(dim=-1, keepdim=True)
-    o = c2w[..., None, None, :3, 3].expand(d.shape)
-    return o, d
-
-
-def plucker_rays(
-    c2w: Tensor,  # [..., 4, 4]
-    K: Tensor,  # [..., 3, 3]
-    H: int,
-    W: int,
-) -> Tensor:
-    """Plücker coordinates (d, o x d) per pixel centre, world space: [..., 6, H, W].
-
-    d is the unit ray direction and o x d its moment, which is the same for every point o on the
-    ray, so the embedding does not depend on where along the ray the origin sits.
-    """
-    o, d = ray_origins_directions(c2w, K, H, W)
-    m = torch.cross(o, d, dim=-1)
-    return torch.cat([d, m], dim=-1).movedim(-1, -3)
+# One implementation of pixel rays serves the dataset and the model (data -> model: the model
+# imports the dataset's, never the other way round).
+ray_origins_directions = pixel_rays
 
 
 def world_to_camera(c2w: Tensor) -> Tensor:  # [..., 4, 4] -> [..., 4, 4]
