@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 DEMO   ?= zeroverse-data
 
-.PHONY: install test test-fast demo bench clean
+.PHONY: install test test-fast chaos demo bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "zeroverse needs Python 3.11 (bpy 5.0.1): set PYTHON=python3.11"'
@@ -20,7 +20,10 @@ test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q
 
 test-fast: $(BIN)/.installed
-	$(BIN)/python -m pytest -q -m "not ray and not blender"
+	$(BIN)/python -m pytest -q -m "not ray and not blender and not chaos"
+
+chaos: $(BIN)/.installed
+	$(BIN)/python -m pytest -q -m chaos
 
 demo: $(BIN)/.installed
 	$(BIN)/zeroverse generate --n 64 --root $(DEMO) --shard-size 16

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import time
 from typing import Callable
 
@@ -25,12 +26,28 @@ def init_ray(address: str | None, workers: int | None) -> None:
             configure_logging=False,
         )
         return
+    _check_reachable(address)
     try:
         ray.init(address=address, log_to_driver=True, configure_logging=False)
     except (ConnectionError, RuntimeError, ValueError) as err:
         raise ValueError(
             f"could not join the Ray cluster at --address {address!r} ({err}). Start one with "
             "`ray start --head` and pass the address it prints, or omit --address for a local Ray."
+        ) from err
+
+
+def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
+    """Fails fast on a host:port nobody listens on: ray.init would retry it for minutes."""
+    hostport = address.split("://", 1)[-1]
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        return  # 'auto' and other forms Ray resolves itself
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as err:
+        raise ValueError(
+            f"could not join the Ray cluster at --address {address!r}: nothing answers there ({err}). "
+            "Start one with `ray start --head` and pass the address it prints, or omit --address for a local Ray."
         ) from err
 
 
