@@ -54,6 +54,7 @@ from .g3r import G3R, PRESETS, G3RConfig
 
 # train.py's helpers, shared so the two trainers keep one behaviour (data order, logging, ...).
 from .train import (
+    TrainResult,
     _batches,
     _clip_grad,
     _lr_lambda,
@@ -142,14 +143,8 @@ class G3RTrainConfig:
         return d
 
 
-@dataclass
-class G3RTrainResult:
-    step: int  # the iteration the run reached
-    losses: list[float] = field(default_factory=list)  # per iteration run by this call
-    last_checkpoint: Path | None = None
-    metrics_path: Path | None = None
-    perceptual: bool = False
-    skipped_steps: int = 0  # updates skipped for a non-finite gradient
+# Same fields as a GS-LRM run's result: one type, so callers treat both trainers alike.
+G3RTrainResult = TrainResult
 
 
 def unroll_length(step: int, T: int, warmup: int) -> int:
