@@ -945,7 +945,7 @@ def test_render_bad_resolution_is_refused(tmp_path, resolution):
     assert f"--resolution {resolution}: use 16..4096 pixels" in result.output
 
 
-@pytest.mark.parametrize("args, named", [(["--views", "0"], "0 is not positive"), (["--engine", "vulkan"], "'vulkan'"), (["--rig", "dome"], "'dome'")])
+@pytest.mark.parametrize("args, named", [(["--views", "0"], "0 is not positive"), (["--samples", "0"], "0 is not positive"), (["--engine", "vulkan"], "'vulkan'"), (["--rig", "dome"], "'dome'")])
 def test_render_bad_options_are_refused(tmp_path, args, named):
     result = run_cli("render", "--root", str(tmp_path / "r"), *args, "--no-progress")
     assert result.exit_code != 0 and named in result.output

@@ -92,7 +92,7 @@ def _report_failures(failures: list[dict]) -> None:
 @click.option("--rig", type=click.Choice(["random", "eval", "orbit", "spiral"]), default="random", show_default=True)
 @click.option("--resolution", type=int, default=512, show_default=True)
 @click.option("--engine", type=click.Choice(["auto", "eevee", "cycles", "workbench"]), default="auto", show_default=True, help="auto: EEVEE with an NVIDIA GPU, Cycles on CPU otherwise.")
-@click.option("--samples", type=int, default=None, help="Samples per pixel (default: Cycles 8 + denoising, EEVEE 16).")
+@click.option("--samples", type=int, default=None, callback=_positive, help="Samples per pixel (default: Cycles 8 + denoising, EEVEE 16).")
 @click.option("--workers", type=int, default=None, callback=_positive, help="Blender workers (default: one per CPU / per thread group).")
 @click.option("--threads", type=int, default=1, show_default=True, callback=_positive, help="CPU threads per Blender worker.")
 @click.option("--gpus-per-worker", type=float, default=None, help="GPU fraction per worker (default: 0.25 with GPUs, else 0).")
