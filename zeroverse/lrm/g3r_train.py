@@ -38,7 +38,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -58,6 +57,7 @@ from .train import (
     _batches,
     _clip_grad,
     _lr_lambda,
+    _prepare_run,
     _progress,
     _resolve_device,
     _tensorboard,
@@ -170,18 +170,7 @@ def train_g3r(cfg: G3RTrainConfig, dataset: Dataset | None = None) -> G3RTrainRe
         raise ValueError("train_g3r runs in one process (WORLD_SIZE > 1 is not supported); "
                          "the network is small, rendering dominates: raise batch_size instead")
     device = _resolve_device(cfg.device)
-    out = Path(cfg.out)
-    latest = out / "latest.pt"
-    out.mkdir(parents=True, exist_ok=True)
-    if latest.exists() and not cfg.resume:
-        raise ValueError(f"{out} already holds checkpoints; pass resume=True or choose another out")
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
+    out, latest = _prepare_run(cfg, device)
     model_cfg = cfg.model_config()
     model = G3R(model_cfg).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas),

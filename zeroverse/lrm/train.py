@@ -116,20 +116,8 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> TrainResult:
     ctx = _setup_distributed(cfg.device)
     device, rank, world = ctx["device"], ctx["rank"], ctx["world"]
     is_main = rank == 0
-    out = Path(cfg.out)
-    latest = out / "latest.pt"
-    if is_main:
-        out.mkdir(parents=True, exist_ok=True)
-    if latest.exists() and not cfg.resume:
-        raise ValueError(f"{out} already holds checkpoints; pass resume=True or choose another out")
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-
     # Same seed on every rank: identical initial weights (DDP also broadcasts them).
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
+    out, latest = _prepare_run(cfg, device, is_main)
     model_cfg = GSLRMConfig.preset(
         cfg.preset,
         image_size=cfg.image_size,
@@ -301,6 +289,24 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> TrainResult:
 # --------------------------------------------------------------------------------------------
 # Pieces
 # --------------------------------------------------------------------------------------------
+
+
+def _prepare_run(cfg, device: torch.device, is_main: bool = True) -> tuple[Path, Path]:
+    """The run folder (refusing to overwrite one unless resuming), TF32 on CUDA, and every RNG
+    seeded from cfg.seed. Shared by the GS-LRM and G3R trainers. Returns (out, out/latest.pt)."""
+    out = Path(cfg.out)
+    latest = out / "latest.pt"
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    if latest.exists() and not cfg.resume:
+        raise ValueError(f"{out} already holds checkpoints; pass resume=True or choose another out")
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    return out, latest
 
 
 def _setup_distributed(device_arg: str) -> dict[str, Any]:
