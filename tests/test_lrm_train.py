@@ -81,14 +81,27 @@ def test_loss_falls_on_tiny_scenes(tmp_path, scenes, caplog):
     out = tmp_path / "fall"
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(1, 31))
-    assert {"loss", "mse", "ssim", "psnr", "lr", "grad_norm", "samples_per_s"} <= set(records[0])
+    assert {"loss", "mse", "ssim", "psnr", "lr", "grad_norm", "samples_per_s", "depth", "alpha"} <= set(records[0])
     assert records[-1]["psnr"] > records[0]["psnr"]
+    # The geometry terms (the scenes carry depths and alphas) fall too.
+    for term in ("depth", "alpha"):
+        early = sum(r[term] for r in records[:5]) / 5
+        late = sum(r[term] for r in records[-5:]) / 5
+        assert late < early, (term, early, late)
     assert sorted(p.name for p in (out / "images").iterdir()) == [
         "step-0000001.png", "step-0000015.png", "step-0000030.png"]
     ckpt = load_checkpoint(out / "latest.pt")  # weights_only=True
     assert ckpt["step"] == 30 and ckpt["model_config"]["width"] == 64
     model, mcfg = load_model(out / "ckpt-30.pt")
     assert mcfg.num_input_views == 2 and not model.training
+
+
+def test_geometry_terms_can_be_switched_off(tmp_path, scenes):
+    train(_cfg(tmp_path, "off", steps=2, depth_weight=0.0, alpha_weight=0.0), dataset=scenes)
+    record = json.loads((tmp_path / "off" / "metrics.jsonl").read_text().splitlines()[0])
+    assert "depth" not in record and "alpha" not in record
+    with pytest.raises(ValueError, match="depth_weight"):
+        _cfg(tmp_path, "bad", depth_weight=-1.0)
 
 
 def test_resume_reproduces_next_steps(tmp_path, scenes):

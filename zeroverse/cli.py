@@ -234,10 +234,12 @@ def preview(root, out, show_views, depth, max_shapes, columns, size) -> None:
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")
 @click.option("--max-minutes", type=float, default=None, help="Stop with a checkpoint after this long.")
-def train_lrm(root, model, preset, out, steps, batch_size, lr, warmup_steps, weight_decay, grad_clip, image_size, num_input_views, num_target_views, unroll_steps, turbo_steps, num_points, bf16, grad_checkpointing, perceptual_weights, log_every, image_every, ckpt_every, num_workers, seed, device, resume, max_minutes) -> None:
+@click.option("--depth-weight", type=float, default=0.1, show_default=True, help="gs-lrm: L1 on each input pixel's distance along its ray, from the renders' depth (0: off).")
+@click.option("--alpha-weight", type=float, default=0.1, show_default=True, help="gs-lrm: MSE between rendered and true target coverage (0: off).")
+def train_lrm(root, model, preset, out, steps, batch_size, lr, warmup_steps, weight_decay, grad_clip, image_size, num_input_views, num_target_views, unroll_steps, turbo_steps, num_points, bf16, grad_checkpointing, perceptual_weights, log_every, image_every, ckpt_every, num_workers, seed, device, resume, max_minutes, depth_weight, alpha_weight) -> None:
     """Train a GS-LRM (or G3R) on ROOT's view shards (GS-LRM on several GPUs: launch with torchrun)."""
     if model == "g3r":
-        _train_g3r(**{k: v for k, v in locals().items() if k != "model"})
+        _train_g3r(**{k: v for k, v in locals().items() if k not in ("model", "depth_weight", "alpha_weight")})
         return
     from zeroverse.lrm.train import TrainConfig, train
 
@@ -251,6 +253,7 @@ def train_lrm(root, model, preset, out, steps, batch_size, lr, warmup_steps, wei
             num_input_views=num_input_views, num_target_views=num_target_views, bf16=bf16,
             grad_checkpointing=grad_checkpointing, perceptual_weights=perceptual_weights, log_every=log_every,
             image_every=image_every, ckpt_every=ckpt_every, num_workers=num_workers, seed=seed, device=device, resume=resume, max_minutes=max_minutes,
+            depth_weight=depth_weight, alpha_weight=alpha_weight,
         )
         result = train(cfg)
     except (ValueError, FileExistsError, FileNotFoundError) as err:

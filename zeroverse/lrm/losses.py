@@ -31,6 +31,40 @@ def mse(pred: Tensor, target: Tensor) -> Tensor:
     return F.mse_loss(pred, target)
 
 
+def ray_distance_error(
+    means: Tensor,  # [B, V*H*W, 3] one Gaussian per input pixel, row-major per view
+    c2w: Tensor,  # [B, V, 4, 4] OpenCV
+    K: Tensor,  # [B, V, 3, 3]
+    depth: Tensor,  # [B, V, 1, H, W] planar camera z, 0 where nothing was hit
+    alpha: Tensor,  # [B, V, 1, H, W] coverage in [0, 1]
+) -> Tensor:
+    """Mean |t_pred - t_true| over covered input pixels (alpha > 0.5 and depth > 0), where t is
+    the distance from the camera along the pixel's unit ray: t_true = depth / cos(angle to the
+    optical axis), t_pred the Gaussian centre's projection on the ray. 0 if nothing is covered."""
+    from zeroverse.data.rays import pixel_rays  # data -> model direction, as camera_rays does
+
+    B, V, _, H, W = depth.shape
+    o, d = pixel_rays(c2w, K, H, W)  # [B, V, H, W, 3]
+    t_pred = ((means.view(B, V, H, W, 3) - o) * d).sum(-1)
+    cos = (d * c2w[:, :, None, None, :3, 2]).sum(-1)  # camera z axis
+    t_true = depth[:, :, 0] / cos.clamp_min(1e-6)
+    covered = ((alpha[:, :, 0] > 0.5) & (depth[:, :, 0] > 0)).to(t_pred.dtype)
+    return ((t_pred - t_true).abs() * covered).sum() / covered.sum().clamp_min(1.0)
+
+
+def geometry_terms(gaussians, render, inputs: dict, targets: dict, depth: bool, alpha: bool) -> dict[str, Tensor]:
+    """The trainer's optional geometry supervision (see TrainConfig.depth_weight/alpha_weight):
+    'depth' needs the inputs' depths and alphas, 'alpha' the targets' alphas; a term whose data
+    the batch lacks is left out."""
+    terms = {}
+    if depth and "depths" in inputs and "alphas" in inputs:
+        terms["depth"] = ray_distance_error(gaussians.means, inputs["c2w"], inputs["K"],
+                                            inputs["depths"], inputs["alphas"])
+    if alpha and "alphas" in targets:
+        terms["alpha"] = F.mse_loss(render.alpha.permute(0, 1, 4, 2, 3), targets["alphas"])
+    return terms
+
+
 def _gaussian_window(size: int, sigma: float, channels: int, ref: Tensor) -> Tensor:
     x = torch.arange(size, dtype=ref.dtype, device=ref.device) - (size - 1) / 2
     g = torch.exp(-(x**2) / (2 * sigma**2))

@@ -71,6 +71,13 @@ class TrainConfig:
     perceptual_weights: str | None = None  # VGG16 state dict (see losses.PerceptualLoss)
     lpips_weight: float = 0.5
     ssim_weight: float = 0.2  # used only when there are no perceptual weights
+    # Geometry supervision from the renders' own depth and alpha (synthetic data carries both;
+    # evaluation never uses them). depth: L1 between each input pixel's predicted distance along
+    # its ray and the true one, on covered pixels; alpha: MSE between the rendered and the true
+    # coverage of the target views. They teach where surfaces are far sooner than colour alone
+    # (a batch without depths/alphas skips the term). 0 disables.
+    depth_weight: float = 0.1
+    alpha_weight: float = 0.1
     num_workers: int = 4
     device: str = "auto"  # auto | cpu | cuda | cuda:N (torchrun: the local rank's GPU)
     # Stop (with a checkpoint) after this many minutes even if `steps` is not reached: for runs
@@ -88,6 +95,9 @@ class TrainConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.warmup_steps < 0 or self.num_workers < 0:
             raise ValueError("warmup_steps and num_workers must be >= 0")
+        for name in ("lpips_weight", "ssim_weight", "depth_weight", "alpha_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if len(self.betas) != 2:
             raise ValueError(f"betas must be two floats, got {self.betas}")
 
@@ -209,6 +219,11 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> TrainResult:
         else:
             terms["ssim"] = losses.ssim(pred, target)
             loss = terms["mse"] + cfg.ssim_weight * (1 - terms["ssim"])
+        geometry = losses.geometry_terms(gaussians, render, inputs, targets,
+                                         cfg.depth_weight > 0, cfg.alpha_weight > 0)
+        for name, value in geometry.items():
+            terms[name] = value
+            loss = loss + getattr(cfg, f"{name}_weight") * value
 
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -475,8 +490,9 @@ def _split_views(batch: dict, num_inputs: int, patch: int) -> tuple[dict, dict]:
         raise ValueError(f"batch has {V} views; need num_input_views={num_inputs} plus targets")
     if H % patch or W % patch:
         raise ValueError(f"images are {H}x{W}; both must be multiples of patch_size {patch}")
-    inputs = {k: batch[k][:, :num_inputs].float() for k in ("images", "c2w", "K")}
-    targets = {k: batch[k][:, num_inputs:].float() for k in ("images", "c2w", "K")}
+    keys = [k for k in ("images", "c2w", "K", "depths", "alphas") if k in batch]
+    inputs = {k: batch[k][:, :num_inputs].float() for k in keys}
+    targets = {k: batch[k][:, num_inputs:].float() for k in keys}
     return inputs, targets
 
 
