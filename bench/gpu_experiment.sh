@@ -1,15 +1,26 @@
 #!/usr/bin/env bash
-# The GPU experiment quoted in the README: render training data with EEVEE, train GS-LRM `small`
-# for a fixed time, then evaluate on real scanned objects (gso25) and held-out procedural shapes.
+# The GPU experiments quoted in the README: render training data with EEVEE, train GS-LRM `small`
+# for a fixed time, then evaluate on real scanned objects (gso25) and held-out procedural shapes;
+# alongside, train G3R and compare it with per-scene Adam (bench/g3r.py).
 # One phase per call of the GPU machine (a call lasts at most 10 minutes; training runs in the
-# background between calls). Locally, for a toy-size rehearsal:
+# background between calls):
+#   data     GS-LRM training views                      (foreground)
+#   train    GS-LRM training starts (background); held-out + gso25 eval views render meanwhile
+#   g3r      G3R data -> G3R training -> bench/g3r.py on held-out shapes and gso25 (background)
+#   status   the logs' last lines
+#   eval     GS-LRM evaluation, PSNR curve, G3R tables -> $OUT
+# Locally, for a toy-size rehearsal:
 #   PY311=.venv/bin/python PY312=.venv/bin/python N=16 VIEWS=8 RES=32 PRESET=tiny bash bench/gpu_experiment.sh data
 set -euo pipefail
 phase=${1:?usage: gpu_experiment.sh data|train|status|eval}
 W=${W:-/tmp/zv}
 OUT=${OUT:-$W/out}
 N=${N:-1000}; VIEWS=${VIEWS:-12}; RES=${RES:-256}; PROCS=${PROCS:-12}; ENGINE=${ENGINE:-eevee}
-PRESET=${PRESET:-small}; STEPS=${STEPS:-6000}; MINUTES=${MINUTES:-13}; BATCH=${BATCH:-8}; LR=${LR:-3e-4}
+PRESET=${PRESET:-small}; STEPS=${STEPS:-9000}; MINUTES=${MINUTES:-20}; BATCH=${BATCH:-8}; LR=${LR:-4e-4}
+WARMUP=${WARMUP:-300}; DEPTH_W=${DEPTH_W:-0.1}; ALPHA_W=${ALPHA_W:-0.1}
+# G3R: shapes x 40 random views (32 source + 8 held out) at G3R_RES
+G3R_N=${G3R_N:-240}; G3R_RES=${G3R_RES:-128}; G3R_MINUTES=${G3R_MINUTES:-10}; G3R_STEPS=${G3R_STEPS:-3000}
+G3R_PRESET=${G3R_PRESET:-small}; G3R_SHAPES=${G3R_SHAPES:-16}; G3R_ADAM=${G3R_ADAM:-24,100,1000}
 EVAL_RES=${EVAL_RES:-256}
 GSO=${GSO:-.device/gso25}; HELDOUT=${HELDOUT:-25}; TARGETS=${TARGETS:-4}
 mkdir -p "$W" "$OUT"
@@ -25,40 +36,71 @@ if [ -z "${PY312:-}" ]; then  # the system Python with torch; gsplat and tqdm go
   PY312=python3
 fi
 
+eval_views() {  # held-out procedural shapes and gso25 with the GSO protocol (eval rig)
+  $PY311 -m pipelines.local_pool generate --root "$W/heldout" --n "$HELDOUT" --seed 1 --shard-size 64 --processes 4
+  $PY311 -m pipelines.local_pool render --root "$W/heldout" --rig eval --targets-per-ring "$TARGETS" --resolution "$EVAL_RES" --engine "$ENGINE" --processes 4 --shapes-per-shard 8
+  $PY311 -m pipelines.local_pool real --src "$GSO" --root "$W/gso" --resolution "$EVAL_RES" --engine "$ENGINE" --targets-per-ring "$TARGETS" --processes 1
+}
+
 case "$phase" in
 data)
   t0=$(date +%s)
   $PY311 -m pipelines.local_pool generate --root "$W/data" --n "$N" --shard-size 64 --processes "$(nproc)"
   $PY311 -m pipelines.local_pool render --root "$W/data" --views "$VIEWS" --resolution "$RES" --engine "$ENGINE" --processes "$PROCS" --shapes-per-shard 16
-  t1=$(date +%s)
-  echo "data: $N shapes x $VIEWS views at ${RES}² ($ENGINE, $PROCS processes) in $((t1 - t0)) s" | tee "$OUT/data.txt"
-  $PY311 -m pipelines.local_pool generate --root "$W/heldout" --n "$HELDOUT" --seed 1 --shard-size 64 --processes 4
-  $PY311 -m pipelines.local_pool render --root "$W/heldout" --rig eval --targets-per-ring "$TARGETS" --resolution "$EVAL_RES" --engine "$ENGINE" --processes 4 --shapes-per-shard 8
-  $PY311 -m pipelines.local_pool real --src "$GSO" --root "$W/gso" --resolution "$EVAL_RES" --engine "$ENGINE" --targets-per-ring "$TARGETS" --processes 1
-  echo "held-out and gso25 eval views at ${EVAL_RES}² in $(( $(date +%s) - t1 )) s" | tee -a "$OUT/data.txt"
+  echo "data: $N shapes x $VIEWS views at ${RES}² ($ENGINE, $PROCS processes) in $(( $(date +%s) - t0 )) s" | tee "$OUT/data.txt"
   ;;
 train)
   setsid nohup $PY312 -m zeroverse.cli train-lrm --root "$W/data" --preset "$PRESET" --out "$W/run" --steps "$STEPS" \
-    --batch-size "$BATCH" --image-size "$RES" --warmup-steps 500 --lr "$LR" --max-minutes "$MINUTES" --num-workers 12 \
+    --batch-size "$BATCH" --image-size "$RES" --warmup-steps "$WARMUP" --lr "$LR" --max-minutes "$MINUTES" --num-workers 10 \
+    --depth-weight "$DEPTH_W" --alpha-weight "$ALPHA_W" \
     --image-every 500 --ckpt-every 1000 --log-every 25 > "$W/train.log" 2>&1 < /dev/null &
-  sleep 60; tail -c 600 "$W/train.log"; echo; tail -n 1 "$W/run/metrics.jsonl" || true
+  t0=$(date +%s); eval_views > "$W/evalviews.log" 2>&1
+  echo "held-out and gso25 eval views at ${EVAL_RES}² in $(( $(date +%s) - t0 )) s (beside training)" | tee "$OUT/evalviews.txt"
+  tail -c 600 "$W/train.log"; echo; tail -n 1 "$W/run/metrics.jsonl" || true
+  ;;
+g3r)
+  cat > "$W/g3r.sh" <<EOS
+set -x
+t0=\$(date +%s)
+$PY311 -m pipelines.local_pool generate --root "$W/g3rdata" --n "$G3R_N" --seed 2 --shard-size 64 --processes 4
+$PY311 -m pipelines.local_pool render --root "$W/g3rdata" --views 40 --resolution "$G3R_RES" --engine "$ENGINE" --processes 4 --shapes-per-shard 8
+$PY311 -m pipelines.local_pool generate --root "$W/g3rheld" --n "$G3R_SHAPES" --seed 1 --shard-size 64 --processes 4
+$PY311 -m pipelines.local_pool render --root "$W/g3rheld" --views 40 --resolution "$G3R_RES" --engine "$ENGINE" --processes 4 --shapes-per-shard 8
+$PY311 -m pipelines.local_pool real --src "$GSO" --root "$W/g3rgso" --rig random --views 40 --resolution "$G3R_RES" --engine "$ENGINE" --processes 1
+echo "g3r data in \$(( \$(date +%s) - t0 )) s"
+$PY312 -m zeroverse.cli train-lrm --model g3r --root "$W/g3rdata" --preset "$G3R_PRESET" --out "$W/g3r" --steps "$G3R_STEPS" \
+  --batch-size 2 --image-size "$G3R_RES" --warmup-steps 100 --unroll-warmup 300 --lr 3e-4 --max-minutes "$G3R_MINUTES" \
+  --num-workers 4 --log-every 25 --image-every 500 --ckpt-every 500
+for set in g3rheld g3rgso; do
+  $PY312 bench/g3r.py --root "$W/\$set" --checkpoint "$W/g3r/latest.pt" --shapes "$G3R_SHAPES" --image-size "$G3R_RES" \
+    --source-views 32 --heldout-views 8 --adam-steps "$G3R_ADAM" --json "$W/\$set.json" > "$W/\$set.txt" 2>&1
+done
+echo g3r done
+EOS
+  setsid nohup bash "$W/g3r.sh" > "$W/g3r.log" 2>&1 < /dev/null &
+  sleep 5; tail -n 5 "$W/g3r.log"
   ;;
 status)
   tail -c 400 "$W/train.log"; echo; tail -n 1 "$W/run/metrics.jsonl" || true
+  [ -f "$W/g3r.log" ] && { echo "--- g3r"; tail -c 300 "$W/g3r.log"; echo; tail -n 1 "$W/g3r/metrics.jsonl" 2>/dev/null || true; }
+  true
   ;;
 bench)  # end-to-end EEVEE throughput at 512² for 1, 4 and 8 processes on this GPU
   $PY311 bench/render.py --root "${BENCH_ROOT:-.device/root}" --engine eevee --resolution 512 --views 16 --procs "${BENCH_PROCS:-1,4,8}" --shards-per-proc 2 --shapes-per-shard 2 | tee "$OUT/render_bench.txt"
   ;;
-eval)
-  $PY312 -m zeroverse.cli eval --checkpoint "$W/run/latest.pt" --views-root "$W/gso" --out "$OUT/eval_gso25"
-  $PY312 -m zeroverse.cli eval --checkpoint "$W/run/latest.pt" --views-root "$W/heldout" --out "$OUT/eval_heldout"
-  if [ "$RES" != "$EVAL_RES" ]; then  # also at the eval renders' own resolution
-    $PY312 -m zeroverse.cli eval --checkpoint "$W/run/latest.pt" --views-root "$W/gso" --out "$OUT/eval_gso25_$EVAL_RES" --model-resolution "$EVAL_RES"
-  fi
-  $PY312 bench/plot_curve.py "$W/run/metrics.jsonl" "$OUT/psnr_curve.png" psnr
-  cp "$W/run/metrics.jsonl" "$W/run/run.json" "$OUT/"
-  last=$(ls "$W/run/images" | tail -n 1); cp "$W/run/images/$last" "$OUT/train_grid.png"
-  cat "$OUT/eval_gso25/metrics.md" "$OUT/eval_heldout/metrics.md" 2>/dev/null | tail -n 12
+eval)  # everything into one archive: a call brings back at most 8 files
+  R="$W/results"; rm -rf "$R"; mkdir -p "$R"
+  $PY312 -m zeroverse.cli eval --checkpoint "$W/run/latest.pt" --views-root "$W/gso" --out "$R/eval_gso25" --no-progress
+  $PY312 -m zeroverse.cli eval --checkpoint "$W/run/latest.pt" --views-root "$W/heldout" --out "$R/eval_heldout" --no-progress
+  $PY312 bench/plot_curve.py "$W/run/metrics.jsonl" "$R/psnr_curve.png" psnr
+  cp "$W/run/metrics.jsonl" "$W/run/run.json" "$W/train.log" "$R/"
+  last=$(ls "$W/run/images" | tail -n 1); cp "$W/run/images/$last" "$R/train_grid.png"
+  for f in g3rheld.txt g3rgso.txt g3rheld.json g3rgso.json g3r.log; do [ -f "$W/$f" ] && cp "$W/$f" "$R/"; done
+  [ -f "$W/g3r/metrics.jsonl" ] && cp "$W/g3r/metrics.jsonl" "$R/g3r_metrics.jsonl"
+  tar czf "$OUT/results.tgz" -C "$W" results
+  cat "$R/eval_gso25/metrics.md" "$R/eval_heldout/metrics.md" 2>/dev/null | tail -n 12
+  tail -n 12 "$W/g3rheld.txt" "$W/g3rgso.txt" 2>/dev/null
+  true
   ;;
 *) echo "unknown phase $phase" >&2; exit 2 ;;
 esac

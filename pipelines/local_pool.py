@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
         r = sub.add_parser(name)
         r.add_argument("--root", type=Path, required=True)
         r.add_argument("--views", type=int, default=32)
-        r.add_argument("--rig", default="random", choices=["random", "eval", "orbit", "spiral"])
+        r.add_argument("--rig", default="random" if name == "render" else None, choices=["random", "eval", "orbit", "spiral"])
         r.add_argument("--resolution", type=int, default=512)
         r.add_argument("--engine", default="cycles", choices=["cycles", "eevee", "workbench"])
         r.add_argument("--samples", type=int, default=None)
@@ -148,7 +148,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.stage == "real":
         from pipelines.real_objects import render_real_objects
 
-        rig = RigConfig(kind="eval", eval_targets_per_ring=args.targets_per_ring)
+        # The GSO protocol (eval rig) unless a rig is named: G3R's comparison needs 40 random views.
+        rig = RigConfig(kind=args.rig or "eval", num_views=args.views, eval_targets_per_ring=args.targets_per_ring)
         out = render_real_objects(args.src, args.root, rig, settings, limit=args.limit, progress=False)
         print(f"{out['objects']} real objects rendered in {out['seconds']:.1f} s")
         return

@@ -351,6 +351,17 @@ def test_checkpoint_resumes_with_the_same_next_losses(shards, tmp_path):
 # --------------------------------------------------------------------------------------------
 
 
+def test_max_minutes_stops_early_with_a_checkpoint(shards, tmp_path):
+    # A time limit far below one iteration: the run stops after its first step and still
+    # leaves a loadable checkpoint and a metrics record for it.
+    result = train_g3r(_train_cfg(shards / "train", tmp_path / "run", steps=50, max_minutes=1e-6))
+    assert result.step == 1 and result.last_checkpoint is not None
+    assert load_checkpoint(tmp_path / "run" / "latest.pt")["step"] == 1
+    assert json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 1
+    with pytest.raises(ValueError, match="max_minutes"):
+        _train_cfg(shards / "train", tmp_path / "x", max_minutes=0.0)
+
+
 def test_adam_baseline_lowers_the_loss():
     cfg = G3RConfig.preset("tiny")
     images, depth, c2w, K = _scene(V=4)

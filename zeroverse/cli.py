@@ -223,6 +223,7 @@ def preview(root, out, show_views, depth, max_shapes, columns, size) -> None:
 @click.option("--unroll-steps", type=int, default=None, callback=_positive, help="g3r: refinement steps T (default 24).")
 @click.option("--turbo-steps", type=int, default=None, callback=_positive, help="g3r: steps of the turbo schedule (default 6).")
 @click.option("--num-points", type=int, default=None, callback=_positive, help="g3r: Gaussians per shape.")
+@click.option("--unroll-warmup", type=int, default=None, help="g3r: iterations over which the unroll length grows from 1 to T (default 2000).")
 @click.option("--bf16/--no-bf16", default=True, show_default=True, help="bf16 autocast (CUDA only).")
 @click.option("--grad-checkpointing", is_flag=True)
 @click.option("--perceptual-weights", type=click.Path(exists=True, dir_okay=False), default=None, help="VGG16 state dict for the perceptual loss (without it: MSE + SSIM).")
@@ -236,15 +237,15 @@ def preview(root, out, show_views, depth, max_shapes, columns, size) -> None:
 @click.option("--max-minutes", type=float, default=None, help="Stop with a checkpoint after this long.")
 @click.option("--depth-weight", type=float, default=0.1, show_default=True, help="gs-lrm: L1 on each input pixel's distance along its ray, from the renders' depth (0: off).")
 @click.option("--alpha-weight", type=float, default=0.1, show_default=True, help="gs-lrm: MSE between rendered and true target coverage (0: off).")
-def train_lrm(root, model, preset, out, steps, batch_size, lr, warmup_steps, weight_decay, grad_clip, image_size, num_input_views, num_target_views, unroll_steps, turbo_steps, num_points, bf16, grad_checkpointing, perceptual_weights, log_every, image_every, ckpt_every, num_workers, seed, device, resume, max_minutes, depth_weight, alpha_weight) -> None:
+def train_lrm(root, model, preset, out, steps, batch_size, lr, warmup_steps, weight_decay, grad_clip, image_size, num_input_views, num_target_views, unroll_steps, turbo_steps, num_points, unroll_warmup, bf16, grad_checkpointing, perceptual_weights, log_every, image_every, ckpt_every, num_workers, seed, device, resume, max_minutes, depth_weight, alpha_weight) -> None:
     """Train a GS-LRM (or G3R) on ROOT's view shards (GS-LRM on several GPUs: launch with torchrun)."""
     if model == "g3r":
         _train_g3r(**{k: v for k, v in locals().items() if k not in ("model", "depth_weight", "alpha_weight")})
         return
     from zeroverse.lrm.train import TrainConfig, train
 
-    if any(v is not None for v in (unroll_steps, turbo_steps, num_points)):
-        raise click.UsageError("--unroll-steps, --turbo-steps and --num-points apply to --model g3r only")
+    if any(v is not None for v in (unroll_steps, turbo_steps, num_points, unroll_warmup)):
+        raise click.UsageError("--unroll-steps, --turbo-steps, --num-points and --unroll-warmup apply to --model g3r only")
     num_input_views, num_target_views = num_input_views or 4, num_target_views or 4
     try:
         cfg = TrainConfig(
@@ -261,15 +262,16 @@ def train_lrm(root, model, preset, out, steps, batch_size, lr, warmup_steps, wei
     click.echo(f"trained to step {result.step}; checkpoint {result.last_checkpoint}; metrics {result.metrics_path}")
 
 
-def _train_g3r(root, preset, out, steps, batch_size, lr, warmup_steps, weight_decay, grad_clip, image_size, num_input_views, num_target_views, unroll_steps, turbo_steps, num_points, bf16, grad_checkpointing, perceptual_weights, log_every, image_every, ckpt_every, num_workers, seed, device, resume, max_minutes) -> None:
+def _train_g3r(root, preset, out, steps, batch_size, lr, warmup_steps, weight_decay, grad_clip, image_size, num_input_views, num_target_views, unroll_steps, turbo_steps, num_points, unroll_warmup, bf16, grad_checkpointing, perceptual_weights, log_every, image_every, ckpt_every, num_workers, seed, device, resume, max_minutes) -> None:
     from zeroverse.lrm.g3r_train import G3RTrainConfig, train_g3r
 
-    if grad_checkpointing or max_minutes is not None:
-        raise click.UsageError("--grad-checkpointing and --max-minutes are not supported with --model g3r")
+    if grad_checkpointing:
+        raise click.UsageError("--grad-checkpointing is not supported with --model g3r")
     if preset == "base":
         raise click.UsageError("--model g3r has presets tiny and small")
     extra = {k: v for k, v in dict(num_input_views=num_input_views, num_target_views=num_target_views, unroll_steps=unroll_steps,
-                                  turbo_steps=turbo_steps, num_points=num_points).items() if v is not None}
+                                  turbo_steps=turbo_steps, num_points=num_points, unroll_warmup=unroll_warmup,
+                                  max_minutes=max_minutes).items() if v is not None}
     try:
         cfg = G3RTrainConfig(
             root=str(root), out=str(out), preset=preset, steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,

@@ -108,6 +108,7 @@ class G3RTrainConfig:
     resume: bool = False
     num_workers: int = 4
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    max_minutes: float | None = None  # stop with a checkpoint after this long (as TrainConfig)
 
     def __post_init__(self):
         if self.model != MODEL_KIND:
@@ -123,6 +124,8 @@ class G3RTrainConfig:
             v = getattr(self, name)
             if v is not None and v <= 0:
                 raise ValueError(f"{name} must be positive or None, got {v}")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ValueError(f"max_minutes must be positive or None, got {self.max_minutes}")
         if self.warmup_steps < 0 or self.num_workers < 0 or self.unroll_warmup < 0:
             raise ValueError("warmup_steps, unroll_warmup and num_workers must be >= 0")
         if not 0 <= self.turbo_fraction <= 1:
@@ -224,7 +227,9 @@ def train_g3r(cfg: G3RTrainConfig, dataset: Dataset | None = None) -> G3RTrainRe
     t_window, data_time, n_window = time.perf_counter(), 0.0, 0
     progress = _progress(cfg.steps, step, disable=False)
     model.train()
-    while step < cfg.steps:
+    started = time.perf_counter()
+    time_up = False
+    while step < cfg.steps and not time_up:
         t0 = time.perf_counter()
         batch = _to_device(next(batches), device)
         data_time += time.perf_counter() - t0
@@ -240,6 +245,8 @@ def train_g3r(cfg: G3RTrainConfig, dataset: Dataset | None = None) -> G3RTrainRe
             log.warning("step %d: non-finite gradient norm, update skipped", step + 1)
         scheduler.step()
         step += 1
+        if cfg.max_minutes is not None:
+            time_up = time.perf_counter() - started > cfg.max_minutes * 60
 
         values = {**it.scalars, "grad_norm": float(grad_norm)}
         result.losses.append(values["loss"])
@@ -250,7 +257,7 @@ def train_g3r(cfg: G3RTrainConfig, dataset: Dataset | None = None) -> G3RTrainRe
             window[k] = window.get(k, 0.0) + v
         n_window += 1
 
-        if step % cfg.log_every == 0 or step == cfg.steps:
+        if step % cfg.log_every == 0 or step == cfg.steps or time_up:
             record = {k: v / n_window for k, v in window.items()}
             elapsed = time.perf_counter() - t_window
             record.update(step=step, lr=lr, step_time=elapsed / n_window,
@@ -259,13 +266,13 @@ def train_g3r(cfg: G3RTrainConfig, dataset: Dataset | None = None) -> G3RTrainRe
             _write_metrics(metrics_path, writer, record)
             window, t_window, data_time, n_window = {}, time.perf_counter(), 0.0, 0
 
-        if step == 1 or step % cfg.image_every == 0 or step == cfg.steps:
+        if step == 1 or step % cfg.image_every == 0 or step == cfg.steps or time_up:
             nin = min(4, cfg.num_input_views)
             save_image_grid(out / "images" / f"step-{step:07d}.png",
                             batch["images"][:, :nin].float(),
                             batch["images"][:, cfg.num_input_views:].float(), it.novel_pred)
 
-        if step % cfg.ckpt_every == 0 or step == cfg.steps:
+        if step % cfg.ckpt_every == 0 or step == cfg.steps or time_up:
             state = {
                 "step": step,
                 "model_kind": MODEL_KIND,
