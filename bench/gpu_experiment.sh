@@ -21,6 +21,7 @@ WARMUP=${WARMUP:-300}; DEPTH_W=${DEPTH_W:-0.1}; ALPHA_W=${ALPHA_W:-0.1}
 # G3R: shapes x 40 random views (32 source + 8 held out) at G3R_RES
 G3R_N=${G3R_N:-240}; G3R_RES=${G3R_RES:-128}; G3R_MINUTES=${G3R_MINUTES:-10}; G3R_STEPS=${G3R_STEPS:-3000}
 G3R_PRESET=${G3R_PRESET:-small}; G3R_SHAPES=${G3R_SHAPES:-16}; G3R_ADAM=${G3R_ADAM:-24,100,1000}
+G3R_LR=${G3R_LR:-1e-3}; G3R_PROCS=${G3R_PROCS:-4}; G3R_UNROLL_WARMUP=${G3R_UNROLL_WARMUP:-300}
 EVAL_RES=${EVAL_RES:-256}
 GSO=${GSO:-.device/gso25}; HELDOUT=${HELDOUT:-25}; TARGETS=${TARGETS:-4}
 mkdir -p "$W" "$OUT"
@@ -63,13 +64,13 @@ g3r)
 set -x
 t0=\$(date +%s)
 $PY311 -m pipelines.local_pool generate --root "$W/g3rdata" --n "$G3R_N" --seed 2 --shard-size 64 --processes 4
-$PY311 -m pipelines.local_pool render --root "$W/g3rdata" --views 40 --resolution "$G3R_RES" --engine "$ENGINE" --processes 4 --shapes-per-shard 8
+$PY311 -m pipelines.local_pool render --root "$W/g3rdata" --views 40 --resolution "$G3R_RES" --engine "$ENGINE" --processes "$G3R_PROCS" --shapes-per-shard 8
 $PY311 -m pipelines.local_pool generate --root "$W/g3rheld" --n "$G3R_SHAPES" --seed 1 --shard-size 64 --processes 4
 $PY311 -m pipelines.local_pool render --root "$W/g3rheld" --views 40 --resolution "$G3R_RES" --engine "$ENGINE" --processes 4 --shapes-per-shard 8
 $PY311 -m pipelines.local_pool real --src "$GSO" --root "$W/g3rgso" --rig random --views 40 --resolution "$G3R_RES" --engine "$ENGINE" --processes 1
 echo "g3r data in \$(( \$(date +%s) - t0 )) s"
 $PY312 -m zeroverse.cli train-lrm --model g3r --root "$W/g3rdata" --preset "$G3R_PRESET" --out "$W/g3r" --steps "$G3R_STEPS" \
-  --batch-size 2 --image-size "$G3R_RES" --warmup-steps 100 --unroll-warmup 300 --lr 3e-4 --max-minutes "$G3R_MINUTES" \
+  --batch-size 2 --image-size "$G3R_RES" --warmup-steps 50 --unroll-warmup "$G3R_UNROLL_WARMUP" --lr "$G3R_LR" --max-minutes "$G3R_MINUTES" \
   --num-workers 4 --log-every 25 --image-every 500 --ckpt-every 500
 for set in g3rheld g3rgso; do
   $PY312 bench/g3r.py --root "$W/\$set" --checkpoint "$W/g3r/latest.pt" --shapes "$G3R_SHAPES" --image-size "$G3R_RES" \
@@ -90,13 +91,16 @@ bench)  # end-to-end EEVEE throughput at 512² for 1, 4 and 8 processes on this 
   ;;
 eval)  # everything into one archive: a call brings back at most 8 files
   R="$W/results"; rm -rf "$R"; mkdir -p "$R"
-  $PY312 -m zeroverse.cli eval --checkpoint "$W/run/latest.pt" --views-root "$W/gso" --out "$R/eval_gso25" --no-progress
-  $PY312 -m zeroverse.cli eval --checkpoint "$W/run/latest.pt" --views-root "$W/heldout" --out "$R/eval_heldout" --no-progress
-  $PY312 bench/plot_curve.py "$W/run/metrics.jsonl" "$R/psnr_curve.png" psnr
-  cp "$W/run/metrics.jsonl" "$W/run/run.json" "$W/train.log" "$R/"
-  last=$(ls "$W/run/images" | tail -n 1); cp "$W/run/images/$last" "$R/train_grid.png"
+  if [ -f "$W/run/latest.pt" ]; then
+    $PY312 -m zeroverse.cli eval --checkpoint "$W/run/latest.pt" --views-root "$W/gso" --out "$R/eval_gso25" --no-progress
+    $PY312 -m zeroverse.cli eval --checkpoint "$W/run/latest.pt" --views-root "$W/heldout" --out "$R/eval_heldout" --no-progress
+    $PY312 bench/plot_curve.py "$W/run/metrics.jsonl" "$R/psnr_curve.png" psnr
+    cp "$W/run/metrics.jsonl" "$W/run/run.json" "$W/train.log" "$R/"
+    last=$(ls "$W/run/images" | tail -n 1); cp "$W/run/images/$last" "$R/train_grid.png"
+  fi
   for f in g3rheld.txt g3rgso.txt g3rheld.json g3rgso.json g3r.log; do [ -f "$W/$f" ] && cp "$W/$f" "$R/"; done
   [ -f "$W/g3r/metrics.jsonl" ] && cp "$W/g3r/metrics.jsonl" "$R/g3r_metrics.jsonl"
+  [ -d "$W/g3r/images" ] && { last=$(ls "$W/g3r/images" | tail -n 1); cp "$W/g3r/images/$last" "$R/g3r_train_grid.png"; }
   tar czf "$OUT/results.tgz" -C "$W" results
   cat "$R/eval_gso25/metrics.md" "$R/eval_heldout/metrics.md" 2>/dev/null | tail -n 12
   tail -n 12 "$W/g3rheld.txt" "$W/g3rgso.txt" 2>/dev/null
