@@ -43,7 +43,7 @@ def run_generate_local(cfg, processes: int):
     cfg.shapes_dir.mkdir(parents=True, exist_ok=True)
     manifest = open_manifest(cfg.shapes_dir, "shapes", cfg.seed, cfg.identity())
     remove_temporaries(cfg.shapes_dir)
-    todo, done = pending_ranges(manifest, cfg.n, cfg.shard_size)
+    todo, done = pending_ranges(manifest, cfg.n, cfg.shard_size, cfg.shapes_dir)
     result = GenerateResult([], done, [], 0, 0.0)
     total, finished = sum(b - a + 1 for a, b in todo), 0
     with mp.get_context("spawn").Pool(processes) as pool:

@@ -51,18 +51,84 @@ def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
         ) from err
 
 
+def worker_env() -> dict[str, str]:
+    """The driver's ZEROVERSE_* variables (ZEROVERSE_BLENDER_LOG, ZEROVERSE_FAULTS ...), to be set
+    in every worker: on a cluster the workers do not inherit the driver's environment."""
+    return {k: v for k, v in sorted(os.environ.items()) if k.startswith("ZEROVERSE_")}
+
+
+def worker_options() -> dict:
+    """Ray options that give a task or actor worker_env(); none when it is empty (a runtime env
+    of its own makes Ray start separate worker processes, ~1 s each)."""
+    env = worker_env()
+    return {"runtime_env": {"env_vars": env}} if env else {}
+
+
 @ray.remote(num_cpus=0)
 class ProgressCounter:
-    """Shape/view counts reported by workers anywhere in the cluster, polled by the driver."""
+    """Shape/view counts reported by workers anywhere in the cluster, polled by the driver, and a
+    heartbeat per running task: a task whose beats stop for longer than the per-shape timeout is
+    hung (workers report at least once per finished shape)."""
 
     def __init__(self) -> None:
         self.count = 0
+        self.beats: dict = {}
 
-    def add(self, n: int) -> None:
+    def add(self, n: int, key=None) -> None:
         self.count += n
+        if key is not None and key in self.beats:
+            self.beats[key] += 1
+
+    def begin(self, key) -> None:
+        self.beats[key] = self.beats.get(key, 0) + 1
+
+    def end(self, key) -> None:
+        self.beats.pop(key, None)
 
     def get(self) -> int:
         return self.count
+
+    def state(self) -> tuple[int, dict]:
+        return self.count, dict(self.beats)
+
+
+HEAD = "node:__internal_head__"  # a resource only Ray's head node has
+
+
+def new_progress_counter():
+    """A ProgressCounter on the head node (with the GCS: if it goes, the cluster goes), never on a
+    worker node whose loss would silence every heartbeat at once."""
+    if ray.cluster_resources().get(HEAD):
+        return ProgressCounter.options(resources={HEAD: 0.001}).remote()
+    return ProgressCounter.remote()
+
+
+class Heartbeats:
+    """Driver side of the heartbeats: when each running task last showed a sign of life."""
+
+    def __init__(self) -> None:
+        self.seen: dict = {}  # key -> (beats, driver time they changed)
+        self.polled: float | None = None  # when the counter last answered
+
+    def update(self, beats: dict, now: float) -> None:
+        for key, n in beats.items():
+            if self.seen.get(key, (None,))[0] != n:
+                self.seen[key] = (n, now)
+        self.polled = now
+
+    def start(self, key, now: float) -> None:
+        """Starts the clock of a task the driver knows has begun (dispatched to a ready actor)."""
+        self.seen[key] = (0, now)
+
+    def silent_for(self, key, now: float) -> float:
+        """Seconds since the task's last beat, as of the counter's last answer (while it does not
+        answer nothing is known, so nothing times out); 0 until the task has begun."""
+        if key not in self.seen:
+            return 0.0
+        return max(0.0, (self.polled if self.polled is not None else now) - self.seen[key][1])
+
+    def forget(self, key) -> None:
+        self.seen.pop(key, None)
 
 
 def throttled(report: Callable[[int], None], every_s: float = 0.25) -> Callable[[int], None]:

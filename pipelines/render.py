@@ -2,9 +2,11 @@
 
 The step (`ViewShardWriter.render_shard`) knows nothing of Ray: it renders the shapes of one
 view shard and writes it atomically. The orchestrator (`run_render`) keeps a pool of Ray actors,
-each holding one Blender for its whole life, hands each a shard at a time, and watches them:
-a shard that outlives its deadline or whose actor dies is retried in a fresh actor; after
-`max_attempts` it goes to the failure ledger (the views manifest's `failures`) with the reason.
+each holding one Blender for its whole life, hands each started actor a shard at a time, and
+watches them: a shard whose actor dies, or finishes no shape for `shape_timeout_s` (a hung
+Blender), is retried in a fresh actor; after `max_attempts` it goes to the failure ledger (the
+views manifest's `failures`) with the reason. A damaged input shape shard is refused (or, with
+`skip_corrupt`, its shapes are ledgered), never retried.
 Actors are recycled after `recycle_after` shapes or when their memory grows past a limit.
 """
 
@@ -24,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines.faults import inject
 from zeroverse.cameras import RigConfig, make_cameras, rig_rng
 from zeroverse.imageio import encode_array, encode_png
 from zeroverse.primitives import MeshArrays
@@ -31,7 +34,10 @@ from zeroverse.render_settings import RenderSettings
 from zeroverse.shards import (
     VIEW_SCHEMA,
     Manifest,
+    archive_version,
+    differs,
     file_metadata,
+    listed_file_problem,
     open_manifest,
     remove_temporaries,
     shard_name,
@@ -49,14 +55,18 @@ class RenderConfig:
     settings: RenderSettings = field(default_factory=RenderSettings)
     shapes_per_shard: int = DEFAULT_SHAPES_PER_SHARD
     max_attempts: int = 3  # per shard, across fresh workers
-    shape_timeout_s: float = 600.0  # a shard's deadline is this times its shapes (plus start-up)
+    shape_timeout_s: float = 600.0  # no shape of a shard finished for this long: the worker is hung
+    startup_timeout_s: float = 900.0  # no worker could start for this long: the cluster lacks resources
     recycle_after: int = 200  # shapes per worker before it is replaced
     max_worker_rss_gb: float = 8.0
     limit: int | None = None  # render only the first `limit` shapes (previews, tests)
+    skip_corrupt: bool = False  # render around a damaged input shape shard instead of refusing
 
     def __post_init__(self) -> None:
         if self.shapes_per_shard <= 0:
             raise ValueError(f"--shapes-per-shard {self.shapes_per_shard}: use a positive integer")
+        if not self.shape_timeout_s > 0:
+            raise ValueError(f"--shape-timeout {self.shape_timeout_s}: use a positive number of seconds")
         if self.max_attempts < 1:
             raise ValueError(f"max_attempts={self.max_attempts}: need at least 1")
         if self.settings.engine == "auto":
@@ -81,6 +91,55 @@ class RenderConfig:
             "shapes_config_hash": shapes.config_hash,
             "shapes_per_shard": self.shapes_per_shard,
         }
+
+
+class CorruptShapeShard(ValueError):
+    """An input shape shard whose file no longer matches its manifest record."""
+
+    def __init__(self, message: str, file: str = "", shape_ids: tuple[int, ...] = (), why: str = ""):
+        super().__init__(message, file, tuple(shape_ids), why)  # all args: the error crosses processes by pickle
+        self.file, self.shape_ids, self.why = file, list(shape_ids), why
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def corrupt_input_message(cfg: RenderConfig, shapes: Manifest, file: str, why: str, ids: list[int]) -> str:
+    n = max(s["last"] for s in shapes.shards) + 1
+    shard_size = shapes.config.get("shard_size", "K")
+    return (
+        f"input shape shard {Path(cfg.shapes_dir) / file} is corrupt ({why}); rendering it would lose shapes "
+        f"{_id_list(ids)}. Rebuild it byte-identically with `zeroverse generate --root {cfg.root} --n {n} "
+        f"--seed {shapes.seed} --shard-size {shard_size} --verify` (plus the --config/--textures of the first run), "
+        "or pass --skip-corrupt to render the other shapes and record these in the views manifest's failures"
+    )
+
+
+def _id_list(ids: list[int], most: int = 12) -> str:
+    return str(ids) if len(ids) <= most else f"{ids[:most]}".rstrip("]") + f", ... ({len(ids)} in all)]"
+
+
+def input_problems(cfg: RenderConfig, shapes: Manifest, ids: list[int]) -> dict[str, tuple[str, list[int]]]:
+    """{shape shard file: (why it is damaged, the wanted shape ids it holds)} for the shape shards
+    this render needs. Cheap checks only (size against the record, a readable footer with the
+    recorded row count); each worker also checks the sha256 of a shard before using it."""
+    wanted = set(ids)
+    out = {}
+    for shard in shapes.shards:
+        needed = sorted(wanted.intersection(shard["shape_ids"]))
+        if not needed:
+            continue
+        why = listed_file_problem(cfg.shapes_dir, shard)
+        if why is None:
+            try:
+                rows = pq.read_metadata(Path(cfg.shapes_dir) / shard["file"]).num_rows
+                if rows != shard["rows"]:
+                    why = f"{rows} rows, the manifest recorded {shard['rows']}"
+            except Exception as err:  # noqa: BLE001 - any unreadable footer is damage
+                why = f"unreadable Parquet: {type(err).__name__}: {err}"
+        if why is not None:
+            out[shard["file"]] = (why, needed)
+    return out
 
 
 def resolve_engine(engine: str, gpus_available: float) -> str:
@@ -158,6 +217,8 @@ class ViewShardWriter:
         self.seed = shapes.seed
         self.identity = cfg.identity(shapes)
         self.shape_files = {sid: Path(cfg.shapes_dir) / s["file"] for s in shapes.shards for sid in s["shape_ids"]}
+        self.shape_records = {s["file"]: s for s in shapes.shards}
+        self._verified: set[Path] = set()  # shape shards are immutable once listed: hash each once
         from pipelines.texture_bank import open_bank
 
         bank = open_bank(shapes.config.get("textures", {}), cfg.root)
@@ -170,6 +231,7 @@ class ViewShardWriter:
         for sid in shape_ids:
             files.setdefault(self.shape_files[sid], []).append(sid)
         for path, ids in files.items():
+            self._verify(path)
             table = pq.read_table(path, filters=[("shape_id", "in", ids)])
             for row in table.to_pylist():
                 rows[row["shape_id"]] = row
@@ -178,9 +240,21 @@ class ViewShardWriter:
             raise ValueError(f"shape ids {missing} are listed in the shapes manifest but missing from their shard files")
         return rows
 
+    def _verify(self, path: Path) -> None:
+        """Refuses a shape shard whose bytes are not those the manifest recorded: a silently
+        corrupted shard would otherwise render garbage or fail shape by shape."""
+        if path in self._verified:
+            return
+        record = self.shape_records[path.name]
+        why = listed_file_problem(path.parent, record, verify=True)
+        if why is not None:
+            raise CorruptShapeShard(f"input shape shard {path} is corrupt ({why})", path.name, record["shape_ids"], why)
+        self._verified.add(path)
+
     def render_rows(self, row: dict[str, Any]) -> list[dict[str, Any]]:
         """All view rows of one shape (images encoded here, in the worker)."""
         s, sid = self.cfg.settings, int(row["shape_id"])
+        inject("render", sid)
         mesh, textures = shape_mesh(row)
         bound = float(np.linalg.norm(mesh.vertices, axis=1).max())
         cameras = make_cameras(self.cfg.rig, rig_rng(self.seed, sid), s.resolution, bound)
@@ -251,6 +325,7 @@ class RenderResult:
     seconds: float = 0.0
     retries: int = 0
     workers_started: int = 0
+    archived: Path | None = None  # where new_version put the previous views
 
 
 def pending_shards(views: Manifest, plan: list[tuple[int, int, list[int]]]) -> tuple[list[tuple[int, int, list[int]]], int]:
@@ -271,51 +346,81 @@ def run_render(
     gpus_per_worker: float = 0.0,
     progress: bool = True,
     fault: Callable[[Any, int], None] | None = None,
+    new_version: bool = False,
 ) -> RenderResult:
-    """Renders every missing view shard of `cfg.root`. `fault(actor, dispatch_index)` is a test
-    hook called right after a shard is dispatched (e.g. to kill the worker)."""
+    """Renders every missing view shard of `cfg.root`. With `new_version`, views made with another
+    config are moved to ROOT/versions/<k>/views instead of refused. `fault(actor, dispatch_index)`
+    is a test hook called right after a shard is dispatched (e.g. to kill the worker)."""
     import ray
     from tqdm import tqdm
 
-    from pipelines.ray_runtime import ProgressCounter, init_ray, throttled
+    from pipelines.ray_runtime import Heartbeats, init_ray, new_progress_counter, worker_options
 
     started = time.perf_counter()
     shapes = Manifest.load(cfg.shapes_dir)
     if shapes is None or not shapes.shards:
         raise ValueError(f"{cfg.shapes_dir} has no shapes manifest; run `zeroverse generate --root {cfg.root}` first")
     views_dir = cfg.views_dir
-    views_dir.mkdir(parents=True, exist_ok=True)
+    archived = None
+    if new_version and differs(views_dir, shapes.seed, cfg.identity(shapes)):
+        archived = archive_version(cfg.root, ("views",))
     views = open_manifest(views_dir, "views", shapes.seed, cfg.identity(shapes))
-    remove_temporaries(views_dir)
     ids = shapes.shape_ids()
     if cfg.limit is not None:
         ids = ids[: cfg.limit]
-    todo, done = pending_shards(views, view_shard_plan(ids, cfg.shapes_per_shard))
-    result = RenderResult(skipped_shapes=done)
+    plan = view_shard_plan(ids, cfg.shapes_per_shard)
+    # Inputs of the shards still to render are checked before anything starts: a damaged shape
+    # shard is refused, or with --skip-corrupt its shapes are ledgered and rendered around.
+    damaged = input_problems(cfg, shapes, [sid for _, _, sids in pending_shards(views, plan)[0] for sid in sids])
+    if damaged and not cfg.skip_corrupt:
+        file, (why, bad) = sorted(damaged.items())[0]
+        raise ValueError(corrupt_input_message(cfg, shapes, file, why, bad))
+    views_dir.mkdir(parents=True, exist_ok=True)
+    remove_temporaries(views_dir)
+    skipped_failures = []
+    if damaged:
+        skipped = set()
+        for file, (why, bad) in sorted(damaged.items()):
+            skipped_failures += _ledger(views, bad, f"skipped: input shape shard {file} is corrupt ({why})")
+            skipped.update(bad)
+        views.save(views_dir)
+        plan = [(a, b, kept) for a, b, sids in plan if (kept := [s for s in sids if s not in skipped])]
+    todo, done = pending_shards(views, plan)
+    result = RenderResult(skipped_shapes=done, failures=skipped_failures, archived=archived)
     if not todo:
         result.shapes = len(views.shape_ids())
         result.failures = list(views.failures)
+        result.views = sum(sh["rows"] for sh in views.shards)
         return result
 
     # A local Ray needs `threads` CPUs per worker: with only `workers` CPUs, workers beyond
-    # workers // threads would wait (until their deadline) for CPUs that never free up.
+    # workers // threads would wait for CPUs that never free up.
     init_ray(address, workers * max(1, cfg.settings.threads) if workers else None)
     n_workers = max(1, min(workers or int(ray.cluster_resources().get("CPU", 1)) // max(1, cfg.settings.threads), len(todo)))
-    counter = ProgressCounter.remote()
+    counter = new_progress_counter()
     actor_cls = ray.remote(_RenderActor).options(
-        num_cpus=cfg.settings.threads, num_gpus=gpus_per_worker, max_restarts=0, max_concurrency=1
+        num_cpus=cfg.settings.threads, num_gpus=gpus_per_worker, max_restarts=0, max_concurrency=1, **worker_options()
     )
 
-    def new_actor():
-        result.workers_started += 1
-        return actor_cls.remote(cfg, shapes, counter)
+    # Workers are handed shards only once started (Blender up): an actor waiting for resources
+    # (a lost node, more workers than the cluster holds) or starting slowly is never charged
+    # with a timeout, and the shard goes to whichever worker is ready first.
+    starting: dict[Any, Any] = {}  # ready() ref -> actor
 
-    idle = deque(new_actor() for _ in range(n_workers))
+    def new_actor() -> None:
+        result.workers_started += 1
+        actor = actor_cls.remote(cfg, shapes, counter)
+        starting[actor.ready.remote()] = actor
+
+    for _ in range(n_workers):
+        new_actor()
+    idle: deque = deque()
     queue = deque((first, last, sids, 1) for first, last, sids in todo)
-    running: dict[Any, tuple[Any, tuple[int, int, list[int], int], float]] = {}
+    running: dict[Any, tuple[Any, tuple[int, int, list[int], int]]] = {}
+    beats = Heartbeats()
     total_views = sum(len(s) for _, _, s, _ in queue) * _views_per_shape(cfg)
     bar = tqdm(total=total_views, unit="view", desc=f"render ({cfg.settings.engine})", disable=not progress, smoothing=0.1)
-    dispatched = 0
+    dispatched, start_failures, no_worker_since = 0, 0, time.monotonic()
 
     def retry_or_ledger(task, reason: str) -> None:
         first, last, sids, attempt = task
@@ -323,64 +428,110 @@ def run_render(
             result.retries += 1
             queue.append((first, last, sids, attempt + 1))
         else:
-            result.failures.extend({"shape_id": s, "reason": f"{reason} (after {attempt} attempts)"} for s in sids)
-            views.failures = [f for f in views.failures if f["shape_id"] not in set(sids)]
-            views.failures.extend({"shape_id": s, "reason": f"{reason} (after {attempt} attempts)"} for s in sids)
+            result.failures.extend(_ledger(views, sids, f"{reason} (after {attempt} attempts)"))
             views.save(views_dir)
+
+    def corrupt_input(task, err: CorruptShapeShard) -> None:
+        """Found by a worker's sha256 check: refuse, or (--skip-corrupt) drop its shapes."""
+        first, last, sids, attempt = task
+        bad = sorted(set(sids) & set(err.shape_ids))
+        if not cfg.skip_corrupt:
+            raise ValueError(corrupt_input_message(cfg, shapes, err.file, err.why, bad))
+        result.failures.extend(_ledger(views, bad, f"skipped: {err}"))
+        views.save(views_dir)
+        kept = [s for s in sids if s not in set(bad)]
+        if kept:
+            queue.append((first, last, kept, attempt))
+
+    def replace(actor) -> None:
+        with contextlib.suppress(Exception):
+            ray.kill(actor)
+        new_actor()
 
     try:
         while queue or running:
             while queue and idle:
                 actor = idle.popleft()
                 task = queue.popleft()
-                ref = actor.render_shard.remote(task[0], task[1], task[2])
-                # Start-up (Blender, textures) gets a minute on top of the per-shape budget.
-                running[ref] = (actor, task, time.monotonic() + 60.0 + cfg.shape_timeout_s * len(task[2]))
+                ref = actor.render_shard.remote(task[0], task[1], task[2], task[3])
+                running[ref] = (actor, task)
+                beats.start((task[0], task[3]), time.monotonic())
                 if fault is not None:
                     fault(actor, dispatched)
                 dispatched += 1
-            ready, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
+            ready, _ = ray.wait(list(running) + list(starting), num_returns=1, timeout=0.5)
             with contextlib.suppress(Exception):
-                bar.n = min(total_views, ray.get(counter.get.remote(), timeout=5))
+                count, alive = ray.get(counter.state.remote(), timeout=5)
+                bar.n = min(total_views, count)
                 bar.refresh()
+                beats.update(alive, time.monotonic())
             now = time.monotonic()
+            for ref in [r for r in ready if r in starting]:
+                actor = starting.pop(ref)
+                try:
+                    ray.get(ref)
+                except Exception as err:  # noqa: BLE001 - Blender or the texture bank failed to start
+                    start_failures += 1
+                    if start_failures > 2 * n_workers + 2:
+                        raise ValueError(f"render workers keep failing to start: {_first_line(err)}") from err
+                    replace(actor)
+                    continue
+                start_failures = 0
+                idle.append(actor)
+            if idle or running:
+                no_worker_since = now
+            elif now - no_worker_since > cfg.startup_timeout_s:
+                resources = ray.cluster_resources()
+                raise ValueError(
+                    f"no render worker started in {cfg.startup_timeout_s:g} s: each needs {cfg.settings.threads} CPU(s) and "
+                    f"{gpus_per_worker:g} GPU(s), the cluster has {resources.get('CPU', 0):g} CPU(s) and "
+                    f"{resources.get('GPU', 0):g} GPU(s). Lower --threads / --gpus-per-worker or add nodes"
+                )
             for ref in list(running):
-                actor, task, deadline = running[ref]
+                actor, task = running[ref]
+                key = (task[0], task[3])
                 if ref in ready:
                     del running[ref]
+                    beats.forget(key)
                     try:
                         record = ray.get(ref)
                     except ray.exceptions.RayActorError as err:
-                        ray.kill(actor)
-                        idle.append(new_actor())
+                        replace(actor)
                         retry_or_ledger(task, f"worker died: {_first_line(err)}")
                         continue
+                    except CorruptShapeShard as err:  # the input, not the worker: no retry
+                        idle.append(actor)
+                        corrupt_input(task, getattr(err, "cause", None) or err)
+                        continue
                     except Exception as err:  # noqa: BLE001 - the step raised: retry in a fresh worker
-                        ray.kill(actor)
-                        idle.append(new_actor())
+                        replace(actor)
                         retry_or_ledger(task, _first_line(err))
                         continue
                     if record.pop("recycle"):
-                        ray.kill(actor)
-                        actor = new_actor()
-                    idle.append(actor)
+                        replace(actor)
+                    else:
+                        idle.append(actor)
                     _commit(views, views_dir, record)
                     result.written.append(record["file"])
                     result.failures.extend({"shape_id": f["shape_id"], "reason": f["reason"]} for f in record["failed_details"])
-                elif now > deadline:
+                elif beats.silent_for(key, now) > cfg.shape_timeout_s:
                     del running[ref]
-                    ray.kill(actor)  # a hung Blender cannot be interrupted from inside
-                    idle.append(new_actor())
-                    retry_or_ledger(task, f"timed out after {cfg.shape_timeout_s:.0f} s per shape")
+                    beats.forget(key)
+                    replace(actor)  # a hung Blender cannot be interrupted from inside
+                    retry_or_ledger(task, f"timed out: no shape finished in {cfg.shape_timeout_s:g} s")
         bar.n = bar.total
         bar.refresh()
-    except KeyboardInterrupt:
-        for ref, (actor, _, _) in running.items():
-            ray.kill(actor)
+    except BaseException:  # Ctrl-C, a refused input, a manifest that cannot be saved: stop the workers
+        for actor, _ in running.values():
+            with contextlib.suppress(Exception):
+                ray.kill(actor)
+        with contextlib.suppress(Exception):  # then sweep what they were writing (best effort; reruns sweep too)
+            ray.wait(list(running), num_returns=len(running), timeout=5)
+            remove_temporaries(views_dir)
         raise
     finally:
         bar.close()
-        for actor in idle:
+        for actor in list(idle) + list(starting.values()):
             with contextlib.suppress(Exception):
                 ray.kill(actor)
     result.shapes = len(views.shape_ids())
@@ -405,11 +556,21 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
+def _ledger(manifest: Manifest, shape_ids: list[int], reason: str) -> list[dict[str, Any]]:
+    """Puts shapes in the manifest's failures (replacing older entries for them); the caller saves."""
+    ids = set(shape_ids)
+    entries = [{"shape_id": s, "reason": reason} for s in sorted(ids)]
+    manifest.failures = [f for f in manifest.failures if f["shape_id"] not in ids] + entries
+    return entries
+
+
 def _commit(manifest: Manifest, directory: Path, record: dict[str, Any]) -> None:
     failed = record.pop("failed")
     record["failed"] = [f["shape_id"] for f in failed]
     record["failed_details"] = failed
-    ids = set(range(record["first"], record["last"] + 1))
+    # Only the shapes this shard was given: others of its range may be ledgered for another
+    # reason (their input shard was skipped as corrupt) and stay so.
+    ids = set(record["shape_ids"]) | set(record["failed"])
     manifest.failures = [f for f in manifest.failures if f["shape_id"] not in ids]
     manifest.failures.extend({"shape_id": f["shape_id"], "reason": f["reason"]} for f in failed)
     stored = {k: v for k, v in record.items() if k != "failed_details"}
@@ -427,14 +588,21 @@ class _RenderActor:
         self.writer = ViewShardWriter(cfg, shapes)
         self.counter = counter
 
-    def render_shard(self, first: int, last: int, shape_ids: list[int]) -> dict[str, Any]:
+    def render_shard(self, first: int, last: int, shape_ids: list[int], attempt: int = 1) -> dict[str, Any]:
         from pipelines.ray_runtime import throttled
 
-        report = throttled(lambda k: self.counter.add.remote(k))
+        key = (first, attempt)
+        self.counter.begin.remote(key)
+        report = throttled(lambda k: self.counter.add.remote(k, key))
         try:
             return self.writer.render_shard(first, last, shape_ids, on_views=report)
         finally:
             report.flush()
+            self.counter.end.remote(key)
+
+    def ready(self) -> bool:
+        """Answers once __init__ (Blender, the texture bank) is done."""
+        return True
 
     def pid(self) -> int:
         return os.getpid()

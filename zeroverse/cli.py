@@ -19,6 +19,20 @@ def _fail(err: Exception) -> click.ClickException:
     return click.ClickException(str(err))
 
 
+def _storage_failure(err: OSError) -> click.ClickException:
+    """A write that the filesystem refused (full, read-only, quota): one line, no traceback.
+    ManifestSaveError already says which manifest and that the previous one is intact."""
+    from zeroverse.shards import ManifestSaveError
+
+    if isinstance(err, ManifestSaveError):
+        return click.ClickException(str(err))
+    where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+    return click.ClickException(
+        f"{err.strerror or err}{where}. Finished shards are kept and listed; free space or fix the permissions, "
+        "then rerun the same command to resume"
+    )
+
+
 def _positive(ctx, param, value):
     if value is not None and value <= 0:
         raise click.BadParameter(f"{value} is not positive; pass an integer >= 1", ctx=ctx, param=param)
@@ -44,8 +58,11 @@ def main() -> None:
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=None, help="Recipe config (.toml/.yaml).")
 @click.option("--textures", "textures_dir", type=click.Path(path_type=Path), default=None, help="Use this image folder as the texture bank.")
 @click.option("--shard-size", type=int, default=256, show_default=True, callback=_positive, help="Shapes per shard file.")
+@click.option("--shape-timeout", type=float, default=300.0, show_default=True, help="Seconds without a finished shape before a worker is declared hung.")
+@click.option("--verify", is_flag=True, help="Re-hash every listed shard and rebuild any that changed (slow on big roots).")
+@click.option("--new-version", is_flag=True, help="If ROOT was made with another seed or config, move it (and its views) to ROOT/versions/<k> and start anew.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def generate(n, root, seed, workers, address, config_path, textures_dir, shard_size, progress) -> None:
+def generate(n, root, seed, workers, address, config_path, textures_dir, shard_size, shape_timeout, verify, new_version, progress) -> None:
     """Build N seeded Zeroverse shapes in Blender, written to ROOT/shapes/*.parquet."""
     import dataclasses
 
@@ -56,18 +73,26 @@ def generate(n, root, seed, workers, address, config_path, textures_dir, shard_s
     try:
         if seed < 0:
             raise ValueError(f"--seed {seed}: use a non-negative integer")
+        if shape_timeout <= 0:
+            raise ValueError(f"--shape-timeout {shape_timeout}: use a positive number of seconds")
         recipe = load_recipe_config(config_path)
         if textures_dir is not None and not Path(textures_dir).is_dir():
             raise ValueError(f"--textures {str(textures_dir)!r} is not a readable directory of images")
         bank = prepare_bank(root, None if textures_dir is None else str(textures_dir), recipe.texture_bank_size)
         recipe = dataclasses.replace(recipe, texture_bank_size=len(bank))
-        cfg = GenerateConfig(root=root, n=n, seed=seed, shard_size=shard_size, recipe=recipe, textures=bank.describe())
-        result = run_generate(cfg, address=address, workers=workers, progress=progress)
+        cfg = GenerateConfig(
+            root=root, n=n, seed=seed, shard_size=shard_size, recipe=recipe, textures=bank.describe(), shape_timeout_s=shape_timeout
+        )
+        result = run_generate(cfg, address=address, workers=workers, progress=progress, verify=verify, new_version=new_version)
     except ValueError as err:
         raise _fail(err) from err
+    except OSError as err:
+        raise _storage_failure(err) from err
     except KeyboardInterrupt:
         click.echo("\ninterrupted: finished shards are kept; rerun the same command to resume", err=True)
         sys.exit(130)
+    if result.archived is not None:
+        click.echo(f"the previous version of {root} (another seed or config) is kept in {result.archived}")
     click.echo(
         f"{result.shapes} shapes in {root / 'shapes'} ({len(result.written)} shards written, "
         f"{result.skipped} shapes already there)"
@@ -103,8 +128,10 @@ def _report_failures(failures: list[dict]) -> None:
 @click.option("--shapes-per-shard", type=int, default=8, show_default=True, callback=_positive)
 @click.option("--limit", type=int, default=None, callback=_positive, help="Render only the first LIMIT shapes.")
 @click.option("--shape-timeout", type=float, default=600.0, show_default=True, help="Seconds per shape before a worker is declared hung.")
+@click.option("--skip-corrupt", is_flag=True, help="Render around damaged input shape shards (their shapes go to the failure ledger) instead of refusing.")
+@click.option("--new-version", is_flag=True, help="If ROOT's views were made with another config, move them to ROOT/versions/<k> and start anew.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def render(num_views, root, rig, resolution, engine, samples, workers, threads, gpus_per_worker, address, bev, positions, random_light, shapes_per_shard, limit, shape_timeout, progress) -> None:
+def render(num_views, root, rig, resolution, engine, samples, workers, threads, gpus_per_worker, address, bev, positions, random_light, shapes_per_shard, limit, shape_timeout, skip_corrupt, new_version, progress) -> None:
     """Render ROOT's shapes into ROOT/views/*.parquet (RGBA, depth, normals, cameras)."""
     import ray
 
@@ -114,6 +141,10 @@ def render(num_views, root, rig, resolution, engine, samples, workers, threads, 
     from zeroverse.render_settings import RenderSettings
 
     try:
+        if shape_timeout <= 0:
+            raise ValueError(f"--shape-timeout {shape_timeout}: use a positive number of seconds")
+        if gpus_per_worker is not None and not 0 <= gpus_per_worker <= 1:
+            raise ValueError(f"--gpus-per-worker {gpus_per_worker}: use a fraction of one GPU in [0, 1] (0.25: four workers per GPU)")
         rig_cfg = RigConfig(kind=rig, num_views=num_views, bev=bev)
         RenderSettings(engine=engine, resolution=resolution, samples=samples or 8)  # validates early
         init_ray(address, workers * threads if workers else None)
@@ -131,13 +162,20 @@ def render(num_views, root, rig, resolution, engine, samples, workers, threads, 
             random_light=random_light,
             threads=threads,
         )
-        cfg = RenderConfig(root=root, rig=rig_cfg, settings=settings, shapes_per_shard=shapes_per_shard, limit=limit, shape_timeout_s=shape_timeout)
-        result = run_render(cfg, address=address, workers=workers, gpus_per_worker=gpus_per_worker, progress=progress)
+        cfg = RenderConfig(
+            root=root, rig=rig_cfg, settings=settings, shapes_per_shard=shapes_per_shard, limit=limit,
+            shape_timeout_s=shape_timeout, skip_corrupt=skip_corrupt,
+        )  # fmt: skip
+        result = run_render(cfg, address=address, workers=workers, gpus_per_worker=gpus_per_worker, progress=progress, new_version=new_version)
     except ValueError as err:
         raise _fail(err) from err
+    except OSError as err:
+        raise _storage_failure(err) from err
     except KeyboardInterrupt:
         click.echo("\ninterrupted: finished shards are kept; rerun the same command to resume", err=True)
         sys.exit(130)
+    if result.archived is not None:
+        click.echo(f"the previous views of {root} (another config) are kept in {result.archived / 'views'}")
     rate = f", {result.views / result.seconds:.2f} views/s" if result.seconds > 0 and result.views else ""
     click.echo(
         f"{result.shapes} shapes / {result.views} views in {root / 'views'} ({len(result.written)} shards written, "

@@ -59,6 +59,14 @@ MANIFEST_NAME = "manifest.json"
 KINDS = ("shapes", "views")
 
 
+class ManifestSaveError(OSError):
+    """The manifest could not be rewritten (disk full, read-only, quota). The previous manifest is
+    untouched, so the root is exactly as it was before the shard whose record was being added."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
 def shard_name(kind: str, first: int, last: int) -> str:
     """File name of the shard holding shape ids first..last (inclusive)."""
     return f"{kind}-{first:09d}-{last:09d}.parquet"
@@ -200,7 +208,15 @@ class Manifest:
             "shards": self.shards,
             "failures": self.failures,
         }
-        atomic_write_text(self.path(directory), json.dumps(body, indent=1, sort_keys=True) + "\n")
+        path = self.path(directory)
+        try:
+            atomic_write_text(path, json.dumps(body, indent=1, sort_keys=True) + "\n")
+        except OSError as err:
+            raise ManifestSaveError(
+                err.errno,
+                f"could not save {path} ({err.strerror or err}); the previous manifest is unchanged. Free space "
+                "or fix the permissions, then rerun the same command to resume",
+            ) from err
 
     def shape_ids(self) -> list[int]:
         return sorted(i for s in self.shards for i in s["shape_ids"])
@@ -220,32 +236,86 @@ class Manifest:
         return old
 
 
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def listed_file_problem(directory: Path, shard: dict[str, Any], verify: bool = False) -> str | None:
+    """Why the file of a listed shard cannot be trusted (missing, another size, with `verify`
+    another sha256), or None. Without `verify` it costs one stat: cheap enough for every rerun."""
+    path = Path(directory) / shard["file"]
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return "listed in the manifest but missing"
+    if "bytes" in shard and size != shard["bytes"]:
+        return f"{size} bytes, the manifest recorded {shard['bytes']} (truncated or replaced)"
+    if verify and "sha256" in shard and sha256_file(path) != shard["sha256"]:
+        return "content differs from the manifest's sha256 (corrupt or replaced)"
+    return None
+
+
 def config_digest(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def open_manifest(directory: Path, kind: str, seed: int, config: dict[str, Any], force: bool = False) -> Manifest:
-    """The manifest of `directory`, created if absent. A root made with another seed or config is
-    refused (mixing them would silently change the dataset) unless `force` is set, in which case
-    the caller must be writing somewhere new."""
+def open_manifest(directory: Path, kind: str, seed: int, config: dict[str, Any]) -> Manifest:
+    """The manifest of `directory`, created (in memory) if absent. A root made with another seed
+    or config is refused: mixing them would silently change the dataset. `archive_version` keeps
+    the old one aside when a new version is asked for explicitly."""
     digest = config_digest(config)
     existing = Manifest.load(directory)
     if existing is None:
         return Manifest(kind, seed, config, digest, [], [])
     if existing.kind != kind:
         raise ValueError(f"{directory} holds {existing.kind!r} shards, not {kind!r}")
-    if not force and existing.seed != seed:
+    if existing.seed != seed:
         raise ValueError(
             f"{directory} was made with --seed {existing.seed}, not {seed}. Rerun with --seed {existing.seed} "
-            "to resume or extend it, or pass a new --root for a new dataset. Nothing was changed."
+            "to resume or extend it, pass --new-version to keep it under ROOT/versions/ and start anew, "
+            "or pass a new --root. Nothing was changed."
         )
-    if not force and existing.config_hash != digest:
+    if existing.config_hash != digest:
         changed = _differences(existing.config, config)
         raise ValueError(
             f"{directory} was made with another config ({'; '.join(changed[:6])}). Rerun with the "
-            "original config to resume or extend it, or pass a new --root. Nothing was changed."
+            "original config to resume or extend it, pass --new-version to keep it under ROOT/versions/ "
+            "and start anew, or pass a new --root. Nothing was changed."
         )
     return existing
+
+
+def differs(directory: Path, seed: int, config: dict[str, Any]) -> bool:
+    """True when `directory` holds a manifest made with another seed or config."""
+    existing = Manifest.load(directory)
+    return existing is not None and (existing.seed != seed or existing.config_hash != config_digest(config))
+
+
+VERSIONS = "versions"
+
+
+def archive_version(root: Path, stages: tuple[str, ...]) -> Path | None:
+    """Moves ROOT/<stage> for each of `stages` that exists to ROOT/versions/<k>/<stage>, k the next
+    free number, and returns ROOT/versions/<k> (itself a root that validate and the datasets
+    read), or None when there was nothing to move. One rename per stage, nothing copied or
+    deleted. Pass views before shapes: a crash between the renames then leaves shapes without
+    views, never views whose shapes are gone."""
+    root = Path(root)
+    present = [stage for stage in stages if (root / stage).exists()]
+    if not present:
+        return None
+    versions = root / VERSIONS
+    taken = [int(p.name) for p in versions.glob("*") if p.name.isdigit()] if versions.is_dir() else []
+    target = versions / str(max(taken, default=0) + 1)
+    target.mkdir(parents=True)
+    for stage in present:
+        os.rename(root / stage, target / stage)
+    _fsync_dir(root)
+    return target
 
 
 def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:

@@ -173,4 +173,21 @@ def validate_root(root: Path, expected_views: int | None = None) -> ValidationRe
             report.notes.append(f"{directory / stray}: not in the manifest (left by an interrupted run; readers ignore it)")
     validate_shapes(shapes, report)
     validate_views(views, report, expected_views)
+    for directory, stage in ((shapes, "generate"), (views, "render")):
+        manifest = Manifest.load(directory)
+        if manifest is not None:
+            report_failures(directory, manifest, stage, report)
     return report
+
+
+def report_failures(directory: Path, manifest: Manifest, stage: str, report: ValidationReport, most: int = 20) -> None:
+    """Shapes the manifest's failure ledger lists are missing from the root: a problem each (the
+    first `most`, then a count), so a root with holes never validates as OK."""
+    failures = sorted(manifest.failures, key=lambda f: f["shape_id"])
+    where = Manifest.path(directory)
+    for failure in failures[:most]:
+        report.problems.append(f"{where}: shape {failure['shape_id']} failed and is missing: {failure['reason']}")
+    if len(failures) > most:
+        report.problems.append(f"{where}: ... and {len(failures) - most} more failed shapes (see its 'failures')")
+    if failures:
+        report.notes.append(f"{where}: rerun `zeroverse {stage}` with the same options to retry the {len(failures)} failed shape(s)")
