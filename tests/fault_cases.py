@@ -25,6 +25,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -350,11 +351,12 @@ def render(run: Run, root: Path | None = None, **changes):
 def complete(run: Run, root: Path | None = None) -> str:
     """The recovery every case ends with: rerun both stages with no fault, as a user would."""
     root = root or run.root
-    code, out = run.cli(*generate_args(root))
-    assert code == 0, f"rerun of generate: exit {code}: {out[-800:]}"
-    code, out = run.cli(*render_args(root))
-    assert code == 0, f"rerun of render: exit {code}: {out[-800:]}"
-    return "rerun: exit 0"
+    code, gen = run.cli(*generate_args(root))
+    assert code == 0, f"rerun of generate: exit {code}: {gen[-800:]}"
+    code, ren = run.cli(*render_args(root))
+    assert code == 0, f"rerun of render: exit {code}: {ren[-800:]}"
+    written = [int(m.group(1)) if (m := re.search(r"\((\d+) shards written", out)) else "?" for out in (gen, ren)]
+    return f"rerun wrote {written[0]} shape + {written[1]} view shard(s), exit 0"
 
 
 def ledgered(directory: Path) -> list[int]:
