@@ -17,6 +17,7 @@ STAGE:ACTION@SHAPE[xTIMES], comma separated. STAGE is `generate` or `render`. AC
 - raise  a RuntimeError in this shape only (a shape that fails to build or render).
 - hold   sleep until the file ZEROVERSE_FAULTS_DIR/release exists (at most an hour): keeps a run
          mid-way so a driver or a node can be killed at a known point.
+- mark   nothing: only the marker is written (with the pid), to see which process did a shape.
 TIMES is how often the fault fires over all processes and attempts (default 1, `*` always). Each
 firing first creates ZEROVERSE_FAULTS_DIR/<stage>-<action>-<shape>-<k> with O_EXCL, so a count
 holds across retries in fresh processes and across nodes when the directory is shared; the
@@ -33,7 +34,7 @@ from pathlib import Path
 
 ENV, DIR_ENV = "ZEROVERSE_FAULTS", "ZEROVERSE_FAULTS_DIR"
 STAGES = ("generate", "render")
-ACTIONS = ("kill", "segv", "hang", "raise", "hold")
+ACTIONS = ("kill", "segv", "hang", "raise", "hold", "mark")
 
 
 @dataclass(frozen=True)

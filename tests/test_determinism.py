@@ -3,7 +3,7 @@
 The runs need a local Ray with 4 CPUs (this box has 2: Ray takes the count it is given), so they
 run in a driver process of their own (`python tests/test_determinism.py OUT`), which prints, per
 worker count, the sha256 of every shard and manifest and how many distinct worker processes did
-the work. tests/test_cluster.py shows the same for 1 vs 2 nodes. What may differ between runs,
+the work (ZEROVERSE_FAULTS `mark` markers hold the pid that built each shard). tests/test_cluster.py shows the same for 1 vs 2 nodes. What may differ between runs,
 and does: each manifest's per-shard `seconds` (timings) and the order in which shards land.
 """
 
@@ -59,21 +59,9 @@ def _manifest_digest(directory: Path) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
-def _generate_pids(seen: set[str], shards: int) -> set[int]:
-    """Worker pids of the generate tasks not in `seen` (Ray's state API; task events reach it
-    asynchronously, so wait for all `shards`)."""
-    import time
-
-    from ray.util.state import list_tasks
-
-    deadline = time.monotonic() + 30
-    while True:
-        tasks = [t for t in list_tasks(limit=10_000, raise_on_missing_output=False, detail=True)
-                 if str(t.name).endswith("generate_shard") and t.state == "FINISHED" and t.task_id not in seen]  # fmt: skip
-        if len(tasks) >= shards or time.monotonic() > deadline:
-            seen.update(t.task_id for t in tasks)
-            return {t.worker_pid for t in tasks}
-        time.sleep(0.5)
+def _marked_pids(directory: Path) -> set[int]:
+    """Pids in the ZEROVERSE_FAULTS `mark` markers: the processes that built each shard's first shape."""
+    return {int(p.read_text()) for p in directory.glob("generate-mark-*")}
 
 
 def _driver(out: Path) -> None:
@@ -86,15 +74,19 @@ def _driver(out: Path) -> None:
     from zeroverse.cameras import RigConfig
     from zeroverse.render_settings import RenderSettings
 
-    # The dashboard serves the state API that says which worker process ran each generate task.
-    ray.init(num_cpus=max(WORKER_COUNTS), include_dashboard=True, configure_logging=False, log_to_driver=False)
-    seen: set[str] = set()
+    ray.init(num_cpus=max(WORKER_COUNTS), include_dashboard=False, configure_logging=False, log_to_driver=False)
     runs = {}
     for workers in WORKER_COUNTS:
         root = out / f"w{workers}"
+        # Each shard's first shape leaves a marker with the pid of the process that built it.
+        marks = out / f"marks{workers}"
+        marks.mkdir()
+        os.environ["ZEROVERSE_FAULTS"] = ",".join(f"generate:mark@{first}" for first in range(0, N, SHARD))
+        os.environ["ZEROVERSE_FAULTS_DIR"] = str(marks)
         bank = prepare_bank(root, None, 1024)
         gen = run_generate(GenerateConfig(root=root, n=N, seed=11, shard_size=SHARD, textures=bank.describe()), workers=workers, progress=False)
-        pids = _generate_pids(seen, N // SHARD)
+        del os.environ["ZEROVERSE_FAULTS"]
+        pids = _marked_pids(marks)
         ren = run_render(
             RenderConfig(root=root, rig=RigConfig(num_views=V), settings=RenderSettings(engine="cycles", resolution=32, samples=1), shapes_per_shard=SPS),
             workers=workers,
