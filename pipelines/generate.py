@@ -23,9 +23,14 @@ from pipelines.faults import inject
 from zeroverse.recipe import RECIPE_VERSION, RecipeConfig, sample_recipe
 from zeroverse.shards import (
     SHAPE_SCHEMA,
+    Location,
     Manifest,
     archive_version,
+    delete,
     differs,
+    is_dir,
+    join,
+    make_dirs,
     file_metadata,
     listed_file_problem,
     open_manifest,
@@ -40,7 +45,7 @@ DEFAULT_SHARD_SIZE = 256  # ~0.5 MB per default shape: shards of ~100-200 MB
 
 @dataclass(frozen=True)
 class GenerateConfig:
-    root: Path
+    root: Location  # a local path or a filesystem URI (zeroverse.shards.as_root)
     n: int
     seed: int = 0
     shard_size: int = DEFAULT_SHARD_SIZE
@@ -63,8 +68,8 @@ class GenerateConfig:
             raise ValueError(f"max_attempts={self.max_attempts}: need at least 1")
 
     @property
-    def shapes_dir(self) -> Path:
-        return Path(self.root) / "shapes"
+    def shapes_dir(self) -> Location:
+        return join(self.root, "shapes")
 
     def identity(self) -> dict[str, Any]:
         """What fixes the bytes of every shard: a root made with another identity is refused."""
@@ -147,7 +152,7 @@ def make_shape_shard(
                     failed.append({"shape_id": shape_id, "reason": reason, "traceback": traceback.format_exc(limit=5)})
         if on_shape is not None:
             on_shape(1)
-    path = cfg.shapes_dir / shard_name("shapes", first, last)
+    path = join(cfg.shapes_dir, shard_name("shapes", first, last))
     meta = file_metadata("shapes", cfg.identity(), cfg.seed)
     # One row group per shape, as for views: a renderer reads exactly the shapes it was given.
     record = write_shard(rows_to_table(rows), path, meta, row_group_rows=[1] * len(rows))
@@ -163,7 +168,7 @@ def make_shape_shard(
 
 
 def pending_ranges(
-    manifest: Manifest, n: int, shard_size: int, directory: Path | None = None, verify: bool = False
+    manifest: Manifest, n: int, shard_size: int, directory: Location | None = None, verify: bool = False
 ) -> tuple[list[tuple[int, int]], int]:
     """Ranges still to build, and how many shapes are already done. A shard is redone when it is
     not listed, shorter than its full range (the run is being extended), or had failures; with
@@ -209,7 +214,7 @@ def run_generate(
     manifest = open_manifest(shapes_dir, "shapes", cfg.seed, cfg.identity())
     todo, done = pending_ranges(manifest, cfg.n, cfg.shard_size, shapes_dir, verify)
     result = GenerateResult([], done, [], 0, 0.0, archived=archived)
-    if shapes_dir.is_dir():
+    if is_dir(shapes_dir):
         remove_temporaries(shapes_dir)  # leftovers of an interrupted write: never listed
     if not todo:
         result.shapes = len(manifest.shape_ids())
@@ -217,7 +222,7 @@ def run_generate(
         return result
 
     init_ray(address, workers)  # before anything is created: a cluster that cannot be joined changes nothing
-    shapes_dir.mkdir(parents=True, exist_ok=True)
+    make_dirs(shapes_dir)
     counter = new_progress_counter()
 
     @ray.remote(num_cpus=1, max_retries=3)
@@ -300,7 +305,7 @@ def run_generate(
     return result
 
 
-def _commit(manifest: Manifest, directory: Path, record: dict[str, Any]) -> None:
+def _commit(manifest: Manifest, directory: Location, record: dict[str, Any]) -> None:
     """Lists a landed shard in the manifest (written last), then drops the file it supersedes."""
     failed = record.pop("failed")
     record["failed"] = [f["shape_id"] for f in failed]
@@ -309,11 +314,10 @@ def _commit(manifest: Manifest, directory: Path, record: dict[str, Any]) -> None
     old = manifest.replace_shard(record)
     manifest.save(directory)
     if old is not None and old["file"] != record["file"]:
-        with contextlib.suppress(FileNotFoundError):
-            (directory / old["file"]).unlink()
+        delete(join(directory, old["file"]))
 
 
-def _ledger_shard(manifest: Manifest, directory: Path, first: int, last: int, reason: str) -> list[dict[str, Any]]:
+def _ledger_shard(manifest: Manifest, directory: Location, first: int, last: int, reason: str) -> list[dict[str, Any]]:
     """Records a shard that could not be made at all (e.g. its write failed: disk full) in the
     manifest's failures, so that `validate` and readers see the gap; shapes an older listed shard
     of the same range still holds stay listed and are not failures. Raises ManifestSaveError if

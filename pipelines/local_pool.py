@@ -37,10 +37,10 @@ def _generate_one(args: tuple) -> dict[str, Any]:
 def run_generate_local(cfg, processes: int):
     """Builds every missing shape shard of cfg.root with `processes` processes."""
     from pipelines.generate import GenerateResult, _commit, pending_ranges
-    from zeroverse.shards import open_manifest, remove_temporaries
+    from zeroverse.shards import make_dirs, open_manifest, remove_temporaries
 
     started = time.perf_counter()
-    cfg.shapes_dir.mkdir(parents=True, exist_ok=True)
+    make_dirs(cfg.shapes_dir)
     manifest = open_manifest(cfg.shapes_dir, "shapes", cfg.seed, cfg.identity())
     remove_temporaries(cfg.shapes_dir)
     todo, done = pending_ranges(manifest, cfg.n, cfg.shard_size, cfg.shapes_dir)
@@ -75,13 +75,13 @@ def _render_one(spec: tuple) -> dict[str, Any]:
 def run_render_local(cfg, processes: int):
     """Renders every missing view shard of cfg.root; each process holds one Blender."""
     from pipelines.render import RenderResult, _commit, pending_shards, view_shard_plan
-    from zeroverse.shards import Manifest, open_manifest, remove_temporaries
+    from zeroverse.shards import Manifest, make_dirs, open_manifest, remove_temporaries
 
     started = time.perf_counter()
     shapes = Manifest.load(cfg.shapes_dir)
     if shapes is None or not shapes.shards:
         raise ValueError(f"{cfg.shapes_dir} has no shapes manifest; generate shapes first")
-    cfg.views_dir.mkdir(parents=True, exist_ok=True)
+    make_dirs(cfg.views_dir)
     views = open_manifest(cfg.views_dir, "views", shapes.seed, cfg.identity(shapes))
     remove_temporaries(cfg.views_dir)
     ids = shapes.shape_ids()[: cfg.limit] if cfg.limit else shapes.shape_ids()

@@ -24,7 +24,6 @@ from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipelines.faults import inject
 from zeroverse.cameras import RigConfig, make_cameras, rig_rng
@@ -33,9 +32,15 @@ from zeroverse.primitives import MeshArrays
 from zeroverse.render_settings import RenderSettings
 from zeroverse.shards import (
     VIEW_SCHEMA,
+    Location,
     Manifest,
     archive_version,
+    delete,
     differs,
+    join,
+    make_dirs,
+    read_metadata,
+    read_table,
     file_metadata,
     listed_file_problem,
     open_manifest,
@@ -50,7 +55,7 @@ DEFAULT_SHAPES_PER_SHARD = 8  # 32 views of 512² ≈ 20-40 MB a shape: shards o
 
 @dataclass(frozen=True)
 class RenderConfig:
-    root: Path
+    root: Location  # a local path or a filesystem URI (zeroverse.shards.as_root)
     rig: RigConfig = field(default_factory=RigConfig)
     settings: RenderSettings = field(default_factory=RenderSettings)
     shapes_per_shard: int = DEFAULT_SHAPES_PER_SHARD
@@ -73,12 +78,12 @@ class RenderConfig:
             raise ValueError("resolve engine 'auto' (resolve_engine) before building a RenderConfig")
 
     @property
-    def views_dir(self) -> Path:
-        return Path(self.root) / "views"
+    def views_dir(self) -> Location:
+        return join(self.root, "views")
 
     @property
-    def shapes_dir(self) -> Path:
-        return Path(self.root) / "shapes"
+    def shapes_dir(self) -> Location:
+        return join(self.root, "shapes")
 
     def identity(self, shapes: Manifest) -> dict[str, Any]:
         """What fixes the bytes of every view shard (worker threads and caches do not)."""
@@ -108,7 +113,7 @@ def corrupt_input_message(cfg: RenderConfig, shapes: Manifest, file: str, why: s
     n = max(s["last"] for s in shapes.shards) + 1
     shard_size = shapes.config.get("shard_size", "K")
     return (
-        f"input shape shard {Path(cfg.shapes_dir) / file} is corrupt ({why}); rendering it would lose shapes "
+        f"input shape shard {join(cfg.shapes_dir, file)} is corrupt ({why}); rendering it would lose shapes "
         f"{_id_list(ids)}. Rebuild it byte-identically with `zeroverse generate --root {cfg.root} --n {n} "
         f"--seed {shapes.seed} --shard-size {shard_size} --verify` (plus the --config/--textures of the first run), "
         "or pass --skip-corrupt to render the other shapes and record these in the views manifest's failures"
@@ -132,7 +137,7 @@ def input_problems(cfg: RenderConfig, shapes: Manifest, ids: list[int]) -> dict[
         why = listed_file_problem(cfg.shapes_dir, shard)
         if why is None:
             try:
-                rows = pq.read_metadata(Path(cfg.shapes_dir) / shard["file"]).num_rows
+                rows = read_metadata(join(cfg.shapes_dir, shard["file"])).num_rows
                 if rows != shard["rows"]:
                     why = f"{rows} rows, the manifest recorded {shard['rows']}"
             except Exception as err:  # noqa: BLE001 - any unreadable footer is damage
@@ -216,9 +221,9 @@ class ViewShardWriter:
         self.cfg = cfg
         self.seed = shapes.seed
         self.identity = cfg.identity(shapes)
-        self.shape_files = {sid: Path(cfg.shapes_dir) / s["file"] for s in shapes.shards for sid in s["shape_ids"]}
+        self.shape_files = {sid: s["file"] for s in shapes.shards for sid in s["shape_ids"]}
         self.shape_records = {s["file"]: s for s in shapes.shards}
-        self._verified: set[Path] = set()  # shape shards are immutable once listed: hash each once
+        self._verified: set[str] = set()  # shape shards are immutable once listed: hash each once
         from pipelines.texture_bank import open_bank
 
         bank = open_bank(shapes.config.get("textures", {}), cfg.root)
@@ -227,12 +232,12 @@ class ViewShardWriter:
 
     def _read_shapes(self, shape_ids: list[int]) -> dict[int, dict[str, Any]]:
         rows: dict[int, dict[str, Any]] = {}
-        files: dict[Path, list[int]] = {}
+        files: dict[str, list[int]] = {}
         for sid in shape_ids:
             files.setdefault(self.shape_files[sid], []).append(sid)
-        for path, ids in files.items():
-            self._verify(path)
-            table = pq.read_table(path, filters=[("shape_id", "in", ids)])
+        for file, ids in files.items():
+            self._verify(file)
+            table = read_table(join(self.cfg.shapes_dir, file), filters=[("shape_id", "in", ids)])
             for row in table.to_pylist():
                 rows[row["shape_id"]] = row
         missing = sorted(set(shape_ids) - set(rows))
@@ -240,16 +245,17 @@ class ViewShardWriter:
             raise ValueError(f"shape ids {missing} are listed in the shapes manifest but missing from their shard files")
         return rows
 
-    def _verify(self, path: Path) -> None:
+    def _verify(self, file: str) -> None:
         """Refuses a shape shard whose bytes are not those the manifest recorded: a silently
         corrupted shard would otherwise render garbage or fail shape by shape."""
-        if path in self._verified:
+        if file in self._verified:
             return
-        record = self.shape_records[path.name]
-        why = listed_file_problem(path.parent, record, verify=True)
+        record = self.shape_records[file]
+        why = listed_file_problem(self.cfg.shapes_dir, record, verify=True)
         if why is not None:
-            raise CorruptShapeShard(f"input shape shard {path} is corrupt ({why})", path.name, record["shape_ids"], why)
-        self._verified.add(path)
+            where = join(self.cfg.shapes_dir, file)
+            raise CorruptShapeShard(f"input shape shard {where} is corrupt ({why})", file, record["shape_ids"], why)
+        self._verified.add(file)
 
     def render_rows(self, row: dict[str, Any]) -> list[dict[str, Any]]:
         """All view rows of one shape (images encoded here, in the worker)."""
@@ -287,7 +293,7 @@ class ViewShardWriter:
                 on_views(len(view_rows))
         table = pa.Table.from_pylist(rows, schema=VIEW_SCHEMA) if rows else VIEW_SCHEMA.empty_table()
         meta = file_metadata("views", self.identity, self.seed, {"render": self.cfg.settings.to_dict()})
-        record = write_shard(table, self.cfg.views_dir / shard_name("views", first, last), meta, row_group_rows=group_rows)
+        record = write_shard(table, join(self.cfg.views_dir, shard_name("views", first, last)), meta, row_group_rows=group_rows)
         record.update(
             first=first,
             last=last,
@@ -375,7 +381,7 @@ def run_render(
     if damaged and not cfg.skip_corrupt:
         file, (why, bad) = sorted(damaged.items())[0]
         raise ValueError(corrupt_input_message(cfg, shapes, file, why, bad))
-    views_dir.mkdir(parents=True, exist_ok=True)
+    make_dirs(views_dir)
     remove_temporaries(views_dir)
     skipped_failures = []
     if damaged:
@@ -564,7 +570,7 @@ def _ledger(manifest: Manifest, shape_ids: list[int], reason: str) -> list[dict[
     return entries
 
 
-def _commit(manifest: Manifest, directory: Path, record: dict[str, Any]) -> None:
+def _commit(manifest: Manifest, directory: Location, record: dict[str, Any]) -> None:
     failed = record.pop("failed")
     record["failed"] = [f["shape_id"] for f in failed]
     record["failed_details"] = failed
@@ -577,8 +583,7 @@ def _commit(manifest: Manifest, directory: Path, record: dict[str, Any]) -> None
     old = manifest.replace_shard(stored)
     manifest.save(directory)
     if old is not None and old["file"] != stored["file"]:
-        with contextlib.suppress(FileNotFoundError):
-            (directory / old["file"]).unlink()
+        delete(join(directory, old["file"]))
 
 
 class _RenderActor:

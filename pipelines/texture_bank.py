@@ -1,7 +1,8 @@
 """Where a root keeps its texture bank, and how the driver and the workers open the same one.
 
 The shapes manifest stores the bank's description; every worker rebuilds the bank from it and
-reads or fills the cache under ROOT/textures, so a cluster with a shared root shares one cache.
+reads or fills the cache under ROOT/textures, so a cluster with a shared root shares one cache
+(an object-store root: each node fills its own local cache, with the same textures).
 """
 
 from __future__ import annotations
@@ -9,25 +10,36 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from zeroverse.shards import Location, is_uri
 from zeroverse.textures import DEFAULT_TEXTURE_SIZE, TextureBank, TextureBankConfig, prepare_folder_bank
 
 FOLDER_CACHE = Path("textures") / "folder"
 
 
-def prepare_bank(root: Path, folder: str | None, size: int, resolution: int = DEFAULT_TEXTURE_SIZE) -> TextureBank:
+def _cache_root(root: Location) -> Path | None:
+    """ROOT itself for a local root (its texture cache is shared through the filesystem); None
+    (the node's own cache: $ZEROVERSE_CACHE or ~/.cache/zeroverse) for an object-store root.
+    Procedural textures are a function of the bank's seed, so every node's cache holds the same."""
+    return Path(root) if not is_uri(root) else None
+
+
+def prepare_bank(root: Location, folder: str | None, size: int, resolution: int = DEFAULT_TEXTURE_SIZE) -> TextureBank:
     """Driver side: the procedural bank (textures made lazily by whoever needs them first), or a
     user's image folder decoded once into ROOT/textures/folder."""
-    root = Path(root)
     if folder is None:
-        return TextureBank(TextureBankConfig(seed=0, size=size, resolution=resolution), cache_dir=root)
-    cache = root / FOLDER_CACHE
+        return TextureBank(TextureBankConfig(seed=0, size=size, resolution=resolution), cache_dir=_cache_root(root))
+    if is_uri(root):
+        raise ValueError(
+            f"--textures with --root {root}: the decoded folder cache lives in ROOT/textures/folder, which must be a "
+            "local or shared POSIX path; use such a root, or the procedural bank (no --textures)"
+        )
+    cache = Path(root) / FOLDER_CACHE
     prepare_folder_bank(folder, str(cache), resolution=resolution)
     return TextureBank(TextureBankConfig(resolution=resolution), cache_dir=cache, folder=folder)
 
 
-def open_bank(description: dict[str, Any], root: Path) -> TextureBank:
+def open_bank(description: dict[str, Any], root: Location) -> TextureBank:
     """Worker side: the bank that `description` (TextureBank.describe()) names."""
-    root = Path(root)
     kind = description.get("kind", "procedural")
     if kind == "procedural":
         config = TextureBankConfig(
@@ -35,9 +47,11 @@ def open_bank(description: dict[str, Any], root: Path) -> TextureBank:
             size=description.get("size", 1024),
             resolution=description.get("resolution", DEFAULT_TEXTURE_SIZE),
         )
-        return TextureBank(config, cache_dir=root)
+        return TextureBank(config, cache_dir=_cache_root(root))
     if kind == "folder":
+        if is_uri(root):
+            raise ValueError(f"a folder texture bank needs a local or POSIX --root, not {root}")
         return TextureBank(
-            TextureBankConfig(resolution=description["resolution"]), cache_dir=root / FOLDER_CACHE, folder=description["folder"]
+            TextureBankConfig(resolution=description["resolution"]), cache_dir=Path(root) / FOLDER_CACHE, folder=description["folder"]
         )
     raise ValueError(f"unknown texture bank kind {kind!r} in the shapes manifest")

@@ -33,6 +33,26 @@ def _storage_failure(err: OSError) -> click.ClickException:
     )
 
 
+class RootType(click.ParamType):
+    """--root: a local directory, file:///abs/path, or a filesystem URI pyarrow opens (s3://,
+    gs://, hdfs://, abfs://) for generate, render and validate."""
+
+    name = "ROOT"
+
+    def convert(self, value, param, ctx):
+        from zeroverse.shards import as_root
+
+        if not isinstance(value, str):
+            return value
+        try:
+            return as_root(value)
+        except ValueError as err:
+            self.fail(str(err), param, ctx)
+
+
+ROOT = RootType()
+
+
 def _positive(ctx, param, value):
     if value is not None and value <= 0:
         raise click.BadParameter(f"{value} is not positive; pass an integer >= 1", ctx=ctx, param=param)
@@ -51,7 +71,7 @@ def main() -> None:
 
 @main.command()
 @click.option("--n", "n", type=int, required=True, callback=_positive, help="Number of shapes in the root (resumes / extends).")
-@click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_ROOT, show_default=True)
+@click.option("--root", type=ROOT, default=DEFAULT_ROOT, show_default=True, help="A directory or a URI (file://, s3://, gs://, hdfs://).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Global seed: same seed, same bytes.")
 @click.option("--workers", type=int, default=None, callback=_positive, help="Local Ray CPUs (default: all cores).")
 @click.option("--address", default=None, help="Join an existing Ray cluster (e.g. 10.0.0.1:6379 or 'auto').")
@@ -69,6 +89,7 @@ def generate(n, root, seed, workers, address, config_path, textures_dir, shard_s
     from pipelines.generate import GenerateConfig, run_generate
     from pipelines.texture_bank import prepare_bank
     from zeroverse.recipe import load_recipe_config
+    from zeroverse.shards import join
 
     try:
         if seed < 0:
@@ -94,7 +115,7 @@ def generate(n, root, seed, workers, address, config_path, textures_dir, shard_s
     if result.archived is not None:
         click.echo(f"the previous version of {root} (another seed or config) is kept in {result.archived}")
     click.echo(
-        f"{result.shapes} shapes in {root / 'shapes'} ({len(result.written)} shards written, "
+        f"{result.shapes} shapes in {join(root, 'shapes')} ({len(result.written)} shards written, "
         f"{result.skipped} shapes already there)"
     )
     _report_failures(result.failures)
@@ -113,7 +134,7 @@ def _report_failures(failures: list[dict]) -> None:
 
 @main.command()
 @click.option("--views", "num_views", type=int, default=32, show_default=True, callback=_positive, help="Views per shape (random/orbit/spiral rigs).")
-@click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_ROOT, show_default=True)
+@click.option("--root", type=ROOT, default=DEFAULT_ROOT, show_default=True, help="A directory or a URI (file://, s3://, gs://, hdfs://).")
 @click.option("--rig", type=click.Choice(["random", "eval", "orbit", "spiral"]), default="random", show_default=True)
 @click.option("--resolution", type=int, default=512, show_default=True)
 @click.option("--engine", type=click.Choice(["auto", "eevee", "cycles", "workbench"]), default="auto", show_default=True, help="auto: EEVEE with an NVIDIA GPU, Cycles on CPU otherwise.")
@@ -139,6 +160,7 @@ def render(num_views, root, rig, resolution, engine, samples, workers, threads, 
     from pipelines.render import RenderConfig, resolve_engine, run_render
     from zeroverse.cameras import RigConfig
     from zeroverse.render_settings import RenderSettings
+    from zeroverse.shards import join
 
     try:
         if shape_timeout <= 0:
@@ -178,14 +200,14 @@ def render(num_views, root, rig, resolution, engine, samples, workers, threads, 
         click.echo(f"the previous views of {root} (another config) are kept in {result.archived / 'views'}")
     rate = f", {result.views / result.seconds:.2f} views/s" if result.seconds > 0 and result.views else ""
     click.echo(
-        f"{result.shapes} shapes / {result.views} views in {root / 'views'} ({len(result.written)} shards written, "
+        f"{result.shapes} shapes / {result.views} views in {join(root, 'views')} ({len(result.written)} shards written, "
         f"{result.skipped_shapes} shapes already there, {result.retries} retries{rate})"
     )
     _report_failures(result.failures)
 
 
 @main.command()
-@click.option("--root", type=click.Path(path_type=Path), default=DEFAULT_ROOT, show_default=True)
+@click.option("--root", type=ROOT, default=DEFAULT_ROOT, show_default=True, help="A directory or a URI (file://, s3://, gs://, hdfs://).")
 @click.option("--views", "expected_views", type=int, default=None, help="Expected views per shape (default: as rendered).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def validate(root, expected_views, as_json) -> None:

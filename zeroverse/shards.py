@@ -1,23 +1,34 @@
-"""Parquet shards and their manifests: schemas, atomic writes, resume bookkeeping.
+"""Parquet shards and their manifests: schemas, atomic writes, resume bookkeeping, storage.
 
 A shard is visible only once the manifest lists it. Writers put a shard under a temporary name,
-fsync it, rename it into place, and only then rewrite the manifest (itself atomically). A crash
-at any point leaves either the old manifest (the shard is redone on the next run; the orphan
-file is removed) or the new one: never a half-written shard that a reader trusts.
+move it into place, and only then rewrite the manifest (itself the same way). A crash at any
+point leaves either the old manifest (the shard is redone on the next run; the orphan file is
+removed) or the new one: never a half-written shard that a reader trusts.
+
+Where: a root is a local path or a filesystem URI (`file:///abs`, and what pyarrow's
+FileSystem.from_uri opens: s3://, gs://, hdfs://, abfs://; other schemes through fsspec when it
+is installed, e.g. memory:// in tests). One code path serves all of them through pyarrow's
+filesystem API; they differ in what "move into place" means. Local (and file://): fsync, then
+rename, which is atomic. Object stores: the move is a server-side copy of the whole temporary
+object to its final key (a single-object put, atomic per object: readers see the old object or
+the new one) and a delete of the temporary; a crash can leave a `.tmp-*` object, which the next
+run deletes and readers never look at.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Union
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from zeroverse import __version__
@@ -93,6 +104,141 @@ def file_metadata(kind: str, config: dict[str, Any], seed: int, extra: dict[str,
     return {k.encode(): v.encode() for k, v in meta.items()}
 
 
+# ---- storage: local paths and filesystem URIs ---------------------------------------------------
+
+Location = Union[Path, str]  # a local path, or a URI string with a scheme ("s3://bucket/zv/shapes")
+_LOCAL = pafs.LocalFileSystem()
+
+
+def is_uri(location: Location | os.PathLike) -> bool:
+    return isinstance(location, str) and "://" in location
+
+
+def as_root(root: str | os.PathLike) -> Location:
+    """--root as given -> a local Path (plain paths and file:// URIs) or the URI of another
+    filesystem, opened once here so that a bad one fails before any work, naming the fix."""
+    text = os.fspath(root)
+    if "://" not in text:
+        return Path(text)
+    try:
+        if text.startswith("file://"):
+            return Path(pafs.FileSystem.from_uri(text)[1])
+        _filesystem(_authority(text))
+    except Exception as err:  # noqa: BLE001 - pyarrow and fsspec raise many kinds
+        raise ValueError(
+            f"--root {text!r} cannot be opened ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). "
+            "Use a local path, file:///abs/path, or a URI pyarrow opens (s3://bucket/path, gs://, hdfs://, abfs://) "
+            "with its credentials set in the environment of every node"
+        ) from err
+    return text.rstrip("/")
+
+
+def join(location: Location, *names: str) -> Location:
+    if is_uri(location):
+        return "/".join([str(location).rstrip("/"), *names])
+    return Path(location).joinpath(*names)
+
+
+def name_of(location: Location) -> str:
+    return str(location).rstrip("/").rsplit("/", 1)[-1]
+
+
+def _authority(uri: str) -> str:
+    scheme, rest = uri.split("://", 1)
+    return f"{scheme}://{rest.partition('/')[0]}/"
+
+
+@functools.lru_cache(maxsize=32)
+def _filesystem(authority: str) -> tuple[pafs.FileSystem, str]:
+    """The filesystem of scheme://authority/ (made once per process: an S3 client resolves its
+    region on creation), and the path there of the authority's root."""
+    try:
+        return pafs.FileSystem.from_uri(authority)
+    except pa.ArrowInvalid as err:  # a scheme pyarrow does not know: fsspec may (memory://, sftp:// ...)
+        try:
+            import fsspec
+        except ImportError:
+            raise err from None
+        fs, path = fsspec.core.url_to_fs(authority)
+        return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
+
+
+def resolve(location: Location) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, its path) of a location."""
+    if not is_uri(location):
+        return _LOCAL, str(Path(location).absolute())
+    fs, base = _filesystem(_authority(str(location)))
+    sub = str(location).split("://", 1)[1].partition("/")[2]
+    return fs, (base.rstrip("/") + "/" + sub) if sub else base
+
+
+def is_local(location: Location) -> bool:
+    return isinstance(resolve(location)[0], pafs.LocalFileSystem)
+
+
+def make_dirs(location: Location) -> None:
+    fs, path = resolve(location)
+    fs.create_dir(path, recursive=True)
+
+
+def _info(location: Location) -> pafs.FileInfo:
+    fs, path = resolve(location)
+    return fs.get_file_info(path)
+
+
+def exists(location: Location) -> bool:
+    return _info(location).type != pafs.FileType.NotFound
+
+
+def is_dir(location: Location) -> bool:
+    return _info(location).type == pafs.FileType.Directory
+
+
+def file_size(location: Location) -> int | None:
+    """Bytes of a file, None if there is no file."""
+    info = _info(location)
+    return info.size if info.type == pafs.FileType.File else None
+
+
+def list_files(directory: Location) -> list[str]:
+    """Names of the files directly in `directory` (none if it does not exist)."""
+    fs, path = resolve(directory)
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    return sorted(name_of(i.path) for i in infos if i.type == pafs.FileType.File)
+
+
+def delete(location: Location) -> None:
+    fs, path = resolve(location)
+    with contextlib.suppress(FileNotFoundError):
+        fs.delete_file(path)
+
+
+def read_bytes(location: Location) -> bytes:
+    fs, path = resolve(location)
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def read_table(location: Location, **kwargs: Any) -> pa.Table:
+    fs, path = resolve(location)
+    return pq.read_table(path, filesystem=fs, **kwargs)
+
+
+def read_metadata(location: Location) -> pq.FileMetaData:
+    fs, path = resolve(location)
+    with fs.open_input_file(path) as f:
+        return pq.read_metadata(f)
+
+
+def sha256_file(location: Location) -> str:
+    fs, path = resolve(location)
+    digest = hashlib.sha256()
+    with fs.open_input_stream(path) as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):  # not every filesystem lets a directory be opened
         fd = os.open(path, os.O_RDONLY)
@@ -102,65 +248,71 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def _temp_path(path: Path) -> Path:
-    return path.with_name(f".tmp-{path.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+def _temp_name(location: Location) -> Location:
+    name = name_of(location)
+    tmp = f".tmp-{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    if is_uri(location):
+        return str(location).rstrip("/")[: -len(name)] + tmp
+    return Path(location).with_name(tmp)
 
 
-def write_shard(table: pa.Table, path: Path, metadata: dict[bytes, bytes], row_group_rows: list[int] | None = None) -> dict[str, Any]:
-    """Writes `table` to `path` atomically (temporary name, fsync, rename) and returns its
-    record (bytes, sha256). `row_group_rows` splits rows into row groups (one per shape for
-    views); default: the whole table in one row group."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_path(path)
+def put_atomically(location: Location, data: bytes | pa.Buffer) -> None:
+    """Makes `location` hold `data`, all or nothing: written under a temporary name, then moved
+    into place (local: fsync + rename; object stores: one server-side copy, then the temporary
+    is deleted). The temporary is deleted if anything fails."""
+    fs, path = resolve(location)
+    tmp = _temp_name(location)
+    _, tmp_path = resolve(tmp)
+    local = isinstance(fs, pafs.LocalFileSystem)
+    try:
+        if local:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp_path, "wb") as f:
+                f.write(memoryview(data))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp_path, path)
+            _fsync_dir(Path(path).parent)
+        else:
+            with fs.open_output_stream(tmp_path) as out:
+                out.write(data)
+            fs.move(tmp_path, path)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            fs.delete_file(tmp_path)
+        raise
+
+
+def write_shard(table: pa.Table, path: Location, metadata: dict[bytes, bytes], row_group_rows: list[int] | None = None) -> dict[str, Any]:
+    """Writes `table` to `path` atomically (put_atomically) and returns its record (bytes,
+    sha256). `row_group_rows` splits rows into row groups (one per shape for views); default:
+    the whole table in one row group. The file is encoded in memory first: its sha256 is known
+    before anything is written, and an object store receives it in one piece."""
     table = table.replace_schema_metadata(metadata)
-    try:
-        with pq.ParquetWriter(tmp, table.schema, compression="zstd", write_statistics=["shape_id", "view"]) as writer:
-            if row_group_rows is None:
-                writer.write_table(table, row_group_size=max(1, table.num_rows))
-            else:
-                start = 0
-                for rows in row_group_rows:
-                    writer.write_table(table.slice(start, rows), row_group_size=max(1, rows))
-                    start += rows
-        with open(tmp, "rb+") as f:
-            digest = hashlib.sha256()
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    return {"file": path.name, "bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+    sink = pa.BufferOutputStream()
+    with pq.ParquetWriter(sink, table.schema, compression="zstd", write_statistics=["shape_id", "view"]) as writer:
+        if row_group_rows is None:
+            writer.write_table(table, row_group_size=max(1, table.num_rows))
+        else:
+            start = 0
+            for rows in row_group_rows:
+                writer.write_table(table.slice(start, rows), row_group_size=max(1, rows))
+                start += rows
+    data = sink.getvalue()
+    put_atomically(path, data)
+    return {"file": name_of(path), "bytes": data.size, "sha256": hashlib.sha256(memoryview(data)).hexdigest()}
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    tmp = _temp_path(path)
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
+def atomic_write_text(path: Location, text: str) -> None:
+    put_atomically(path, text.encode())
 
 
-def remove_temporaries(directory: Path) -> int:
+def remove_temporaries(directory: Location) -> int:
     """Deletes leftovers of interrupted writes (never listed in a manifest)."""
-    count = 0
-    for tmp in Path(directory).glob(".tmp-*"):
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-            count += 1
-    return count
+    names = [name for name in list_files(directory) if name.startswith(".tmp-")]
+    for name in names:
+        delete(join(directory, name))
+    return len(names)
 
 
 @dataclass
@@ -175,16 +327,16 @@ class Manifest:
     failures: list[dict[str, Any]]
 
     @staticmethod
-    def path(directory: Path) -> Path:
-        return Path(directory) / MANIFEST_NAME
+    def path(directory: Location) -> Location:
+        return join(directory, MANIFEST_NAME)
 
     @classmethod
-    def load(cls, directory: Path) -> "Manifest | None":
+    def load(cls, directory: Location) -> "Manifest | None":
         path = cls.path(directory)
-        if not path.exists():
+        if file_size(path) is None:
             return None
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(read_bytes(path))
         except json.JSONDecodeError as err:
             raise ValueError(f"{path} is not valid JSON ({err}); it was damaged outside zeroverse") from err
         if data.get("schema_version") != SCHEMA_VERSION:
@@ -194,7 +346,7 @@ class Manifest:
             )
         return cls(data["kind"], data["seed"], data["config"], data["config_hash"], data["shards"], data.get("failures", []))
 
-    def save(self, directory: Path) -> None:
+    def save(self, directory: Location) -> None:
         self.shards.sort(key=lambda s: s["first"])
         self.failures.sort(key=lambda f: f["shape_id"])
         body = {
@@ -236,21 +388,12 @@ class Manifest:
         return old
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def listed_file_problem(directory: Path, shard: dict[str, Any], verify: bool = False) -> str | None:
+def listed_file_problem(directory: Location, shard: dict[str, Any], verify: bool = False) -> str | None:
     """Why the file of a listed shard cannot be trusted (missing, another size, with `verify`
     another sha256), or None. Without `verify` it costs one stat: cheap enough for every rerun."""
-    path = Path(directory) / shard["file"]
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
+    path = join(directory, shard["file"])
+    size = file_size(path)
+    if size is None:
         return "listed in the manifest but missing"
     if "bytes" in shard and size != shard["bytes"]:
         return f"{size} bytes, the manifest recorded {shard['bytes']} (truncated or replaced)"
@@ -263,7 +406,7 @@ def config_digest(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def open_manifest(directory: Path, kind: str, seed: int, config: dict[str, Any]) -> Manifest:
+def open_manifest(directory: Location, kind: str, seed: int, config: dict[str, Any]) -> Manifest:
     """The manifest of `directory`, created (in memory) if absent. A root made with another seed
     or config is refused: mixing them would silently change the dataset. `archive_version` keeps
     the old one aside when a new version is asked for explicitly."""
@@ -289,7 +432,7 @@ def open_manifest(directory: Path, kind: str, seed: int, config: dict[str, Any])
     return existing
 
 
-def differs(directory: Path, seed: int, config: dict[str, Any]) -> bool:
+def differs(directory: Location, seed: int, config: dict[str, Any]) -> bool:
     """True when `directory` holds a manifest made with another seed or config."""
     existing = Manifest.load(directory)
     return existing is not None and (existing.seed != seed or existing.config_hash != config_digest(config))
@@ -298,13 +441,18 @@ def differs(directory: Path, seed: int, config: dict[str, Any]) -> bool:
 VERSIONS = "versions"
 
 
-def archive_version(root: Path, stages: tuple[str, ...]) -> Path | None:
+def archive_version(root: Location, stages: tuple[str, ...]) -> Path | None:
     """Moves ROOT/<stage> for each of `stages` that exists to ROOT/versions/<k>/<stage>, k the next
     free number, and returns ROOT/versions/<k> (itself a root that validate and the datasets
     read), or None when there was nothing to move. One rename per stage, nothing copied or
     deleted. Pass views before shapes: a crash between the renames then leaves shapes without
     views, never views whose shapes are gone."""
-    root = Path(root)
+    if not is_local(root):
+        raise ValueError(
+            f"--new-version moves directories, which {root} (not a local or POSIX filesystem) cannot do "
+            "atomically: pass a new --root for the new version instead"
+        )
+    root = Path(resolve(root)[1])
     present = [stage for stage in stages if (root / stage).exists()]
     if not present:
         return None
@@ -328,21 +476,21 @@ def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [] if old == new else [f"{prefix.rstrip('.')}: root has {old!r}, asked {new!r}"]
 
 
-def iter_manifest_files(directory: Path, manifest: Manifest) -> Iterator[Path]:
+def iter_manifest_files(directory: Location, manifest: Manifest) -> Iterator[Location]:
     for shard in sorted(manifest.shards, key=lambda s: s["first"]):
-        yield Path(directory) / shard["file"]
+        yield join(directory, shard["file"])
 
 
-def read_shape_rows(directory: Path, shape_ids: list[int] | None = None) -> Iterator[dict[str, Any]]:
+def read_shape_rows(directory: Location, shape_ids: list[int] | None = None) -> Iterator[dict[str, Any]]:
     """Yields shape rows (as Python dicts) listed by the manifest, optionally only `shape_ids`."""
     manifest = Manifest.load(directory)
     if manifest is None:
-        raise ValueError(f"{directory} has no {MANIFEST_NAME}; run `zeroverse generate --root {Path(directory).parent}` first")
+        raise ValueError(f"{directory} has no {MANIFEST_NAME}; run `zeroverse generate --root {str(directory).rstrip('/').rsplit('/', 1)[0]}` first")
     wanted = None if shape_ids is None else set(shape_ids)
     for shard in sorted(manifest.shards, key=lambda s: s["first"]):
         if wanted is not None and not wanted.intersection(shard["shape_ids"]):
             continue
-        table = pq.read_table(Path(directory) / shard["file"])
+        table = read_table(join(directory, shard["file"]))
         for row in table.to_pylist():
             if wanted is None or row["shape_id"] in wanted:
                 yield row

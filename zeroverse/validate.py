@@ -5,15 +5,12 @@ Checks are exhaustive rather than sampled: a dataset that trains for days deserv
 
 from __future__ import annotations
 
-import hashlib
 import io
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
-from zeroverse.shards import SHAPE_SCHEMA, VIEW_SCHEMA, Manifest
+from zeroverse.shards import SHAPE_SCHEMA, VIEW_SCHEMA, Location, Manifest, exists, is_dir, join, list_files, read_table, sha256_file
 
 
 @dataclass
@@ -29,24 +26,16 @@ class ValidationReport:
         return not self.problems
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _open_checked(directory: Path, shard: dict, schema, report: ValidationReport):
-    path = directory / shard["file"]
-    if not path.exists():
+def _open_checked(directory: Location, shard: dict, schema, report: ValidationReport):
+    path = join(directory, shard["file"])
+    if not exists(path):
         report.problems.append(f"{path}: listed in the manifest but missing")
         return None
-    if "sha256" in shard and _sha256(path) != shard["sha256"]:
+    if "sha256" in shard and sha256_file(path) != shard["sha256"]:
         report.problems.append(f"{path}: content differs from the manifest's sha256 (corrupt or replaced)")
         return None
     try:
-        table = pq.read_table(path)
+        table = read_table(path)
     except Exception as err:  # noqa: BLE001 - any read failure is a finding
         report.problems.append(f"{path}: unreadable Parquet ({type(err).__name__}: {err})")
         return None
@@ -59,7 +48,7 @@ def _open_checked(directory: Path, shard: dict, schema, report: ValidationReport
     return table
 
 
-def validate_shapes(directory: Path, report: ValidationReport) -> None:
+def validate_shapes(directory: Location, report: ValidationReport) -> None:
     manifest = Manifest.load(directory)
     if manifest is None:
         return
@@ -75,7 +64,7 @@ def validate_shapes(directory: Path, report: ValidationReport) -> None:
             f = np.asarray(row["faces"], np.int64).reshape(-1, 3)
             uv = np.asarray(row["uvs"], np.float32)
             regions = np.asarray(row["face_regions"])
-            where = f"{directory / shard['file']} shape {sid}"
+            where = f"{join(directory, shard['file'])} shape {sid}"
             if not np.all(np.isfinite(v)) or np.abs(v).max(initial=0) > 1.0 + 1e-5:
                 report.problems.append(f"{where}: vertices not finite or outside [-1, 1]^3")
             if len(f) == 0 or f.min() < 0 or f.max() >= len(v):
@@ -98,7 +87,7 @@ def _rendered_views_per_shape(config: dict) -> int | None:
     return n + (1 if rig.get("bev") else 0)
 
 
-def validate_views(directory: Path, report: ValidationReport, expected_views: int | None = None) -> None:
+def validate_views(directory: Location, report: ValidationReport, expected_views: int | None = None) -> None:
     from PIL import Image
 
     manifest = Manifest.load(directory)
@@ -111,7 +100,7 @@ def validate_views(directory: Path, report: ValidationReport, expected_views: in
         if table is None:
             continue
         report.shards += 1
-        path = directory / shard["file"]
+        path = join(directory, shard["file"])
         counts: dict[int, int] = {}
         indices: dict[int, list[int]] = {}
         for row in table.to_pylist():
@@ -154,13 +143,13 @@ def validate_views(directory: Path, report: ValidationReport, expected_views: in
             report.problems.append(f"{path}: shapes {sorted(counts)} differ from the manifest's {shard['shape_ids']}")
 
 
-def validate_root(root: Path, expected_views: int | None = None) -> ValidationReport:
-    root = Path(root)
+def validate_root(root: Location, expected_views: int | None = None) -> ValidationReport:
+    """Every shard of a root (a local path or a filesystem URI) checked; nothing is changed."""
     report = ValidationReport()
-    if not root.is_dir():
+    if not is_dir(root):
         report.problems.append(f"{root}: no such directory")
         return report
-    shapes, views = root / "shapes", root / "views"
+    shapes, views = join(root, "shapes"), join(root, "views")
     if Manifest.load(shapes) is None and Manifest.load(views) is None:
         report.problems.append(f"{root}: neither shapes/manifest.json nor views/manifest.json exists")
         return report
@@ -169,8 +158,8 @@ def validate_root(root: Path, expected_views: int | None = None) -> ValidationRe
         if manifest is None:
             continue
         listed = {s["file"] for s in manifest.shards}
-        for stray in sorted(p.name for p in directory.glob("*.parquet") if p.name not in listed):
-            report.notes.append(f"{directory / stray}: not in the manifest (left by an interrupted run; readers ignore it)")
+        for stray in [name for name in list_files(directory) if name.endswith(".parquet") and name not in listed]:
+            report.notes.append(f"{join(directory, stray)}: not in the manifest (left by an interrupted run; readers ignore it)")
     validate_shapes(shapes, report)
     validate_views(views, report, expected_views)
     for directory, stage in ((shapes, "generate"), (views, "render")):
@@ -180,7 +169,7 @@ def validate_root(root: Path, expected_views: int | None = None) -> ValidationRe
     return report
 
 
-def report_failures(directory: Path, manifest: Manifest, stage: str, report: ValidationReport, most: int = 20) -> None:
+def report_failures(directory: Location, manifest: Manifest, stage: str, report: ValidationReport, most: int = 20) -> None:
     """Shapes the manifest's failure ledger lists are missing from the root: a problem each (the
     first `most`, then a count), so a root with holes never validates as OK."""
     failures = sorted(manifest.failures, key=lambda f: f["shape_id"])
