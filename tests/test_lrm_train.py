@@ -201,3 +201,35 @@ def test_perceptual_loss_with_given_weights(tmp_path, scenes):
     assert metrics.lpips(x, y, p).shape == (2,)
     result = train(_cfg(tmp_path, "p", steps=2, perceptual_weights=str(path)), dataset=scenes)
     assert result.perceptual and all(math.isfinite(v) for v in result.losses)
+
+
+def test_run_sampler_resumes_mid_epoch_and_covers_each_epoch_once():
+    from itertools import islice
+
+    from zeroverse.lrm.train import EpochItems, RunSampler
+
+    n, batch = 10, 3  # 3 whole batches per epoch; one sample per epoch is left out
+    full = list(islice(iter(RunSampler(n, seed=5, rank=0, world=1, batch_size=batch, step=0)), 5 * 9))
+    epochs = [[i for e, i in full if e == k] for k in range(5)]
+    assert all(len(ep) == 9 and len(set(ep)) == 9 for ep in epochs)
+    assert epochs[0] != epochs[1]  # a new permutation each epoch
+    resumed = list(islice(iter(RunSampler(n, seed=5, rank=0, world=1, batch_size=batch, step=4)), 5 * 9 - 12))
+    assert resumed == full[12:]
+    # Two ranks split each epoch without overlap.
+    r0 = [i for e, i in islice(iter(RunSampler(n, 5, 0, 2, 2, 0)), 4) if e == 0]
+    r1 = [i for e, i in islice(iter(RunSampler(n, 5, 1, 2, 2, 0)), 4) if e == 0]
+    assert not set(r0) & set(r1)
+
+    class Recorder:
+        epoch = None
+
+        def set_epoch(self, e):
+            self.epoch = e
+
+        def __getitem__(self, i):
+            return (self.epoch, i)
+
+        def __len__(self):
+            return n
+
+    assert EpochItems(Recorder())[(3, 7)] == (3, 7)
