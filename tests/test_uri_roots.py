@@ -22,7 +22,6 @@ from zeroverse import shards
 from zeroverse.cli import main
 from zeroverse.shards import Manifest
 
-fsspec = pytest.importorskip("fsspec")
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +49,8 @@ def test_file_uri_root_through_the_farm_gives_the_same_bytes(reference, tmp_path
 
 
 def _memory_root() -> str:
+    """A fresh root on fsspec's in-memory filesystem (fsspec comes with the test extra's datasets)."""
+    pytest.importorskip("fsspec")
     return f"memory://zv-{uuid.uuid4().hex[:8]}/root"
 
 
