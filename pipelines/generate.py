@@ -261,11 +261,7 @@ def run_generate(
                 first, last, attempt = queue.popleft()
                 refs[task.remote(first, last, attempt)] = (first, last, attempt)
             ready, _ = ray.wait(list(refs), num_returns=1, timeout=0.5, fetch_local=False)
-            with contextlib.suppress(Exception):
-                count, running = ray.get(counter.state.remote(), timeout=5)
-                bar.n = min(total, count)
-                bar.refresh()
-                beats.update(running, time.monotonic())
+            beats.poll(counter, bar, total)
             now = time.monotonic()
             for ref in list(refs):
                 first, last, attempt = refs[ref]

@@ -466,11 +466,7 @@ def run_render(
                     fault(actor, dispatched)
                 dispatched += 1
             ready, _ = ray.wait(list(running) + list(starting), num_returns=1, timeout=0.5)
-            with contextlib.suppress(Exception):
-                count, alive = ray.get(counter.state.remote(), timeout=5)
-                bar.n = min(total_views, count)
-                bar.refresh()
-                beats.update(alive, time.monotonic())
+            beats.poll(counter, bar, total_views)
             now = time.monotonic()
             for ref in [r for r in ready if r in starting]:
                 actor = starting.pop(ref)
