@@ -132,3 +132,18 @@ def test_cli_generate_and_bad_inputs(tmp_path, ray_local):
     fails(["generate", "--n", "3", "--root", str(root), "--shard-size", "2", "--config", str(other)], "boolean_prob")
     fails(["generate", "--n", "3", "--root", str(root)], "shard_size")
     assert (root / "shapes" / "manifest.json").read_bytes() == manifest_bytes
+
+
+def test_views_manifest_of_other_shapes_names_the_fix_render_accepts(tmp_path):
+    # render takes its seed from the shapes, so its refusal must not tell the user to pass
+    # --seed (render has no such option) but how to keep or redo the old views.
+    from zeroverse.shards import config_digest, open_manifest
+
+    config = {"render": {"resolution": 32}}
+    Manifest("views", 0, config, config_digest(config), [], []).save(tmp_path)
+    with pytest.raises(ValueError, match="rendered from shapes of seed 0") as err:
+        open_manifest(tmp_path, "views", 1, config)
+    assert "--new-version" in str(err.value) and "--seed" not in str(err.value)
+    with pytest.raises(ValueError, match="--seed 0"):
+        Manifest("shapes", 0, config, config_digest(config), [], []).save(tmp_path / "s")
+        open_manifest(tmp_path / "s", "shapes", 1, config)

@@ -416,6 +416,12 @@ def open_manifest(directory: Location, kind: str, seed: int, config: dict[str, A
         return Manifest(kind, seed, config, digest, [], [])
     if existing.kind != kind:
         raise ValueError(f"{directory} holds {existing.kind!r} shards, not {kind!r}")
+    if existing.seed != seed and kind == "views":  # render takes its seed from the shapes
+        raise ValueError(
+            f"{directory} was rendered from shapes of seed {existing.seed}, but the shapes now have seed "
+            f"{seed}. Pass --new-version to keep the old views under ROOT/versions/ and render anew, "
+            "or render into a new --root. Nothing was changed."
+        )
     if existing.seed != seed:
         raise ValueError(
             f"{directory} was made with --seed {existing.seed}, not {seed}. Rerun with --seed {existing.seed} "
