@@ -39,16 +39,15 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from . import g3r, losses, metrics
-from .checkpoint import load_checkpoint, rng_state, save_training_checkpoint, set_rng_state
+from .checkpoint import load_checkpoint, rng_state, save_training_checkpoint
 from .g3r import G3R, PRESETS, G3RConfig
 
 # train.py's helpers, shared so the two trainers keep one behaviour (data order, logging, ...).
@@ -57,9 +56,11 @@ from .train import (
     _batches,
     _clip_grad,
     _lr_lambda,
+    _perceptual_loss,
     _prepare_run,
     _progress,
     _resolve_device,
+    _resume,
     _tensorboard,
     _to_device,
     _version,
@@ -180,28 +181,9 @@ def train_g3r(cfg: G3RTrainConfig, dataset: Dataset | None = None) -> G3RTrainRe
                                   weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
 
-    perceptual = None
-    if cfg.perceptual_weights:
-        perceptual = losses.PerceptualLoss(cfg.perceptual_weights).to(device)
-    else:
-        log.warning(
-            "perceptual loss skipped: no perceptual_weights given (pretrained VGG16 weights "
-            "cannot be downloaded here and random ones are never used); training with "
-            "MSE + %g * (1 - SSIM), and LPIPS will not be reported", cfg.ssim_weight,
-        )
-
-    step = 0
-    if cfg.resume and latest.exists():
-        ckpt = load_checkpoint(latest, map_location="cpu")
-        _check_same_model(ckpt, model_cfg, latest)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        set_rng_state(ckpt["rng"])
-        step = int(ckpt["step"])
-        log.info("resumed from %s at step %d", latest, step)
-    elif cfg.resume:
-        log.info("resume=True but %s does not exist: starting from step 0", latest)
+    perceptual = _perceptual_loss(cfg, device)
+    step = _resume(cfg, latest, model, optimizer, scheduler, True,
+                   check=lambda ckpt: _check_same_model(ckpt, model_cfg, latest))
 
     collate_fn = None
     if dataset is None:

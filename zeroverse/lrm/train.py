@@ -139,29 +139,9 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> TrainResult:
     optimizer = _build_optimizer(model, cfg, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
 
-    perceptual = None
-    if cfg.perceptual_weights:
-        perceptual = losses.PerceptualLoss(cfg.perceptual_weights).to(device)
-    elif is_main:
-        log.warning(
-            "perceptual loss skipped: no perceptual_weights given (pretrained VGG16 weights "
-            "cannot be downloaded here and random ones are never used); training with "
-            "MSE + %g * (1 - SSIM), and LPIPS will not be reported", cfg.ssim_weight,
-        )
-
-    step = 0
-    if cfg.resume and latest.exists():
-        ckpt = load_checkpoint(latest, map_location="cpu")
-        _check_same_model(ckpt["model_config"], model_cfg, latest)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        set_rng_state(ckpt["rng"])
-        step = int(ckpt["step"])
-        if is_main:
-            log.info("resumed from %s at step %d", latest, step)
-    elif cfg.resume and is_main:
-        log.info("resume=True but %s does not exist: starting from step 0", latest)
+    perceptual = _perceptual_loss(cfg, device, warn=is_main)
+    step = _resume(cfg, latest, model, optimizer, scheduler, is_main,
+                   check=lambda ckpt: _check_same_model(ckpt["model_config"], model_cfg, latest))
 
     ddp_model: nn.Module = model
     if world > 1:
@@ -322,6 +302,42 @@ def _prepare_run(cfg, device: torch.device, is_main: bool = True) -> tuple[Path,
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     return out, latest
+
+
+def _perceptual_loss(cfg, device: torch.device, warn: bool = True):
+    """The perceptual loss when cfg.perceptual_weights is given; otherwise None, with a warning
+    (main process) that MSE + SSIM is used instead. Shared by the GS-LRM and G3R trainers."""
+    if cfg.perceptual_weights:
+        return losses.PerceptualLoss(cfg.perceptual_weights).to(device)
+    if warn:
+        log.warning(
+            "perceptual loss skipped: no perceptual_weights given (pretrained VGG16 weights "
+            "cannot be downloaded here and random ones are never used); training with "
+            "MSE + %g * (1 - SSIM), and LPIPS will not be reported", cfg.ssim_weight,
+        )
+    return None
+
+
+def _resume(cfg, latest: Path, model: nn.Module, optimizer, scheduler, is_main: bool, check) -> int:
+    """With cfg.resume and `latest` present: weights, optimizer, schedule and RNG state from it
+    (after `check(ckpt)` refuses another model's checkpoint); returns the step to continue from,
+    0 otherwise. Shared by the GS-LRM and G3R trainers."""
+    if not cfg.resume:
+        return 0
+    if not latest.exists():
+        if is_main:
+            log.info("resume=True but %s does not exist: starting from step 0", latest)
+        return 0
+    ckpt = load_checkpoint(latest, map_location="cpu")
+    check(ckpt)
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    set_rng_state(ckpt["rng"])
+    step = int(ckpt["step"])
+    if is_main:
+        log.info("resumed from %s at step %d", latest, step)
+    return step
 
 
 def _setup_distributed(device_arg: str) -> dict[str, Any]:
