@@ -47,7 +47,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from . import g3r, losses, metrics
-from .checkpoint import load_checkpoint, rng_state, save_training_checkpoint
+from .checkpoint import load_checkpoint
 from .g3r import G3R, PRESETS, G3RConfig
 
 # train.py's helpers, shared so the two trainers keep one behaviour (data order, logging, ...).
@@ -61,9 +61,9 @@ from .train import (
     _progress,
     _resolve_device,
     _resume,
+    _save,
     _tensorboard,
     _to_device,
-    _version,
     _view_dataset,
     _write_metrics,
     save_image_grid,
@@ -255,18 +255,8 @@ def train_g3r(cfg: G3RTrainConfig, dataset: Dataset | None = None) -> G3RTrainRe
                             batch["images"][:, cfg.num_input_views:].float(), it.novel_pred)
 
         if step % cfg.ckpt_every == 0 or step == cfg.steps or time_up:
-            state = {
-                "step": step,
-                "model_kind": MODEL_KIND,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": rng_state(),
-                "model_config": model_cfg.to_dict(),
-                "train_config": cfg.to_dict(),
-                "zeroverse_version": _version(),
-            }
-            result.last_checkpoint = save_training_checkpoint(state, out, step)
+            result.last_checkpoint = _save(cfg, out, step, model, optimizer, scheduler, model_cfg,
+                                           model_kind=MODEL_KIND)
 
     progress.close()
     if writer is not None:

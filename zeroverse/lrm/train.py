@@ -259,17 +259,7 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> TrainResult:
 
         if step % cfg.ckpt_every == 0 or step == cfg.steps or time_up:
             if is_main:
-                state = {
-                    "step": step,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "rng": rng_state(),
-                    "model_config": model_cfg.to_dict(),
-                    "train_config": cfg.to_dict(),
-                    "zeroverse_version": _version(),
-                }
-                result.last_checkpoint = save_training_checkpoint(state, out, step)
+                result.last_checkpoint = _save(cfg, out, step, model, optimizer, scheduler, model_cfg)
             if world > 1:
                 dist.barrier()
 
@@ -316,6 +306,23 @@ def _perceptual_loss(cfg, device: torch.device, warn: bool = True):
             "MSE + %g * (1 - SSIM), and LPIPS will not be reported", cfg.ssim_weight,
         )
     return None
+
+
+def _save(cfg, out: Path, step: int, model: nn.Module, optimizer, scheduler, model_cfg, **extra) -> Path:
+    """ckpt-<step>.pt and latest.pt holding everything `_resume` restores. Shared by the GS-LRM
+    and G3R trainers (`extra`: e.g. G3R's model_kind)."""
+    state = {
+        "step": step,
+        **extra,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": rng_state(),
+        "model_config": model_cfg.to_dict(),
+        "train_config": cfg.to_dict(),
+        "zeroverse_version": _version(),
+    }
+    return save_training_checkpoint(state, out, step)
 
 
 def _resume(cfg, latest: Path, model: nn.Module, optimizer, scheduler, is_main: bool, check) -> int:
