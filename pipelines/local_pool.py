@@ -126,6 +126,7 @@ def main(argv: list[str] | None = None) -> None:
         r.add_argument("--shapes-per-shard", type=int, default=8)
         r.add_argument("--limit", type=int, default=None)
         r.add_argument("--targets-per-ring", type=int, default=16)
+        r.add_argument("--layout-views", type=int, default=0, help="random rig: views per shape in the evaluation layout")
         if name == "real":
             r.add_argument("--src", type=Path, required=True)
     args = parser.parse_args(argv)
@@ -155,7 +156,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     from pipelines.render import RenderConfig
 
-    rig = RigConfig(kind=args.rig, num_views=args.views, eval_targets_per_ring=args.targets_per_ring)
+    rig = RigConfig(kind=args.rig, num_views=args.views, eval_targets_per_ring=args.targets_per_ring,
+                    layout_views=args.layout_views)
     cfg = RenderConfig(root=args.root, rig=rig, settings=settings, shapes_per_shard=args.shapes_per_shard, limit=args.limit)
     result = run_render_local(cfg, args.processes)
     print(f"{result.shapes} shapes / {result.views} views, {len(result.failures)} failures, "

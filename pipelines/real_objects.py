@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from zeroverse.cameras import RigConfig, make_cameras, rig_rng
+from zeroverse.cameras import RigConfig, make_cameras, rig_identity, rig_rng
 from zeroverse.real_objects import list_real_objects, load_real_object
 from zeroverse.render_settings import RenderSettings
 from zeroverse.shards import VIEW_SCHEMA, atomic_write_text, file_metadata, open_manifest, shard_name, write_shard
@@ -55,7 +55,7 @@ def render_real_objects(
     identity = {
         "source": str(Path(folder).resolve()),
         "objects": names,
-        "rig": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(rig).items()},
+        "rig": rig_identity(rig),
         "render": {k: v for k, v in settings.to_dict().items() if k not in ("threads", "texture_cache")},
     }
     manifest = open_manifest(views_dir, "views", 0, identity)

@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipelines.faults import inject
-from zeroverse.cameras import RigConfig, make_cameras, rig_rng
+from zeroverse.cameras import RigConfig, make_cameras, rig_identity, rig_rng
 from zeroverse.imageio import encode_array, encode_png
 from zeroverse.primitives import MeshArrays
 from zeroverse.render_settings import RenderSettings
@@ -91,7 +91,7 @@ class RenderConfig:
         for key in ("threads", "texture_cache"):
             settings.pop(key)
         return {
-            "rig": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self.rig).items()},
+            "rig": rig_identity(self.rig),
             "render": settings,
             "shapes_config_hash": shapes.config_hash,
             "shapes_per_shard": self.shapes_per_shard,

@@ -14,7 +14,7 @@ is raised per shape to the bound above when the shape reaches that far.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -43,6 +43,14 @@ class RigConfig:
     bev: bool = False  # add one top-down orthographic view
     near: float = 0.05
     far: float = 100.0
+    # Random rig: the first `layout_views` views of each shape follow the evaluation layout
+    # (one shared elevation and radius, azimuths 360/k apart, each jittered), role "layout";
+    # the others stay uniform on the sphere. A trainer can then give a share of its samples the
+    # input layout it is scored on (zeroverse.data: view_sampling="mixed") while the rest, and
+    # every held-out evaluation, stay random. 0 (default) keeps the plain random rig.
+    layout_views: int = 0
+    layout_elevation_range_deg: tuple[float, float] = (0.0, 40.0)
+    layout_jitter_deg: float = 10.0  # per-view azimuth and elevation jitter
 
     def __post_init__(self) -> None:
         if self.kind not in RIG_KINDS:
@@ -63,6 +71,16 @@ class RigConfig:
             raise ValueError(f"radius={self.radius}: the eval/orbit/spiral camera distance must be > 0")
         if not (0 < self.near < self.far):
             raise ValueError(f"near={self.near}, far={self.far}: need 0 < near < far (clip planes in world units)")
+        if not 0 <= self.layout_views <= self.num_views or (self.layout_views and self.kind != "random"):
+            raise ValueError(
+                f"layout_views={self.layout_views}: use 0..--views ({self.num_views}), with the random rig only"
+            )
+        llo, lhi = self.layout_elevation_range_deg
+        if not (-90.0 <= llo <= lhi <= 90.0) or not 0 <= self.layout_jitter_deg <= 45:
+            raise ValueError(
+                f"layout_elevation_range_deg={[llo, lhi]}, layout_jitter_deg={self.layout_jitter_deg}: "
+                "need -90 <= low <= high <= 90 and a jitter in 0..45 degrees"
+            )
         if not -90.0 <= self.orbit_elevation_deg <= 90.0:
             raise ValueError(f"orbit_elevation_deg={self.orbit_elevation_deg}: use -90..90 degrees")
         slo, shi = self.spiral_elevation_range_deg
@@ -126,6 +144,21 @@ def intrinsics_matrix(intrinsics: np.ndarray) -> np.ndarray:
     return K
 
 
+def rig_identity(cfg: RigConfig) -> dict:
+    """The rig's fields as they enter a views root's config identity. Fields added after roots
+    were first written (layout_*) appear only when they differ from their defaults, so those
+    roots still resume."""
+    later = {"layout_views", "layout_elevation_range_deg", "layout_jitter_deg"}
+    defaults = RigConfig()
+    out = {}
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.name in later and value == getattr(defaults, f.name):
+            continue
+        out[f.name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
 def rig_rng(seed: int, shape_id: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(seed), int(shape_id), RIG_STREAM]))
 
@@ -139,7 +172,15 @@ def make_cameras(cfg: RigConfig, rng: np.random.Generator, resolution: int, boun
         lo = max(cfg.radius_range[0], min_radius)
         hi = max(cfg.radius_range[1], lo)
         z_lo, z_hi = (math.sin(math.radians(e)) for e in cfg.elevation_range_deg)
-        for _ in range(cfg.num_views):
+        if cfg.layout_views:
+            elevation = rng.uniform(*cfg.layout_elevation_range_deg)
+            start, radius, j = rng.uniform(0.0, 360.0), rng.uniform(lo, hi), cfg.layout_jitter_deg
+            for k in range(cfg.layout_views):
+                az = start + k * 360.0 / cfg.layout_views + rng.uniform(-j, j)
+                el = float(np.clip(elevation + rng.uniform(-j, j) / 2, -89.0, 89.0))
+                eyes.append(spherical_eye(radius, az, el))
+                roles.append("layout")
+        for _ in range(cfg.num_views - cfg.layout_views):
             z = rng.uniform(z_lo, z_hi)  # uniform in z = uniform in area on the sphere band
             az = rng.uniform(0.0, 2 * math.pi)
             r = rng.uniform(lo, hi)

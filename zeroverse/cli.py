@@ -136,6 +136,7 @@ def _report_failures(failures: list[dict]) -> None:
 @click.option("--views", "num_views", type=int, default=32, show_default=True, callback=_positive, help="Views per shape (random/orbit/spiral rigs).")
 @click.option("--root", type=ROOT, default=DEFAULT_ROOT, show_default=True, help="A directory or a URI (file://, s3://, gs://, hdfs://).")
 @click.option("--rig", type=click.Choice(["random", "eval", "orbit", "spiral"]), default="random", show_default=True)
+@click.option("--layout-views", type=int, default=0, show_default=True, help="Random rig: the first K views of each shape follow the evaluation layout (shared elevation, 360/K apart, jittered); trainers can give a share of samples these inputs.")
 @click.option("--resolution", type=int, default=512, show_default=True)
 @click.option("--engine", type=click.Choice(["auto", "eevee", "cycles", "workbench"]), default="auto", show_default=True, help="auto: EEVEE with an NVIDIA GPU, Cycles on CPU otherwise.")
 @click.option("--samples", type=int, default=None, callback=_positive, help="Samples per pixel (default: Cycles 8 + denoising, EEVEE 16).")
@@ -152,7 +153,7 @@ def _report_failures(failures: list[dict]) -> None:
 @click.option("--skip-corrupt", is_flag=True, help="Render around damaged input shape shards (their shapes go to the failure ledger) instead of refusing.")
 @click.option("--new-version", is_flag=True, help="If ROOT's views were made with another config, move them to ROOT/versions/<k> and start anew.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def render(num_views, root, rig, resolution, engine, samples, workers, threads, gpus_per_worker, address, bev, positions, random_light, shapes_per_shard, limit, shape_timeout, skip_corrupt, new_version, progress) -> None:
+def render(num_views, root, rig, layout_views, resolution, engine, samples, workers, threads, gpus_per_worker, address, bev, positions, random_light, shapes_per_shard, limit, shape_timeout, skip_corrupt, new_version, progress) -> None:
     """Render ROOT's shapes into ROOT/views/*.parquet (RGBA, depth, normals, cameras)."""
     import ray
 
@@ -167,7 +168,7 @@ def render(num_views, root, rig, resolution, engine, samples, workers, threads, 
             raise ValueError(f"--shape-timeout {shape_timeout}: use a positive number of seconds")
         if gpus_per_worker is not None and not 0 <= gpus_per_worker <= 1:
             raise ValueError(f"--gpus-per-worker {gpus_per_worker}: use a fraction of one GPU in [0, 1] (0.25: four workers per GPU)")
-        rig_cfg = RigConfig(kind=rig, num_views=num_views, bev=bev)
+        rig_cfg = RigConfig(kind=rig, num_views=num_views, bev=bev, layout_views=layout_views)
         RenderSettings(engine=engine, resolution=resolution, samples=samples or 8)  # validates early
         init_ray(address, workers * threads if workers else None)
         gpus = float(ray.cluster_resources().get("GPU", 0))
@@ -277,7 +278,7 @@ def preview(root, out, show_views, depth, max_shapes, columns, size) -> None:
 @click.option("--warmup-steps", type=int, default=2_000, show_default=True)
 @click.option("--weight-decay", type=float, default=0.05, show_default=True)
 @click.option("--grad-clip", type=float, default=1.0, show_default=True)
-@click.option("--image-size", type=int, default=256, show_default=True, callback=_positive)
+@click.option("--image-size", type=int, default=None, callback=_positive, help="Default: the views' stored resolution (other sizes are resized on the fly).")
 @click.option("--num-input-views", type=int, default=None, callback=_positive, help="Default: gs-lrm 4, g3r 32 source views.")
 @click.option("--num-target-views", type=int, default=None, callback=_positive, help="Default: 4 novel views.")
 @click.option("--unroll-steps", type=int, default=None, callback=_positive, help="g3r: refinement steps T (default 24).")
@@ -295,31 +296,82 @@ def preview(root, out, show_views, depth, max_shapes, columns, size) -> None:
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")
 @click.option("--max-minutes", type=float, default=None, help="Stop with a checkpoint after this long.")
-@click.option("--depth-weight", type=float, default=0.1, show_default=True, help="gs-lrm: L1 on each input pixel's distance along its ray, from the renders' depth (0: off).")
-@click.option("--alpha-weight", type=float, default=0.1, show_default=True, help="gs-lrm: MSE between rendered and true target coverage (0: off).")
-def train_lrm(root, model, preset, out, steps, batch_size, lr, warmup_steps, weight_decay, grad_clip, image_size, num_input_views, num_target_views, unroll_steps, turbo_steps, num_points, unroll_warmup, bf16, grad_checkpointing, perceptual_weights, log_every, image_every, ckpt_every, num_workers, seed, device, resume, max_minutes, depth_weight, alpha_weight) -> None:
+@click.option("--depth-weight", type=float, default=None, help="gs-lrm: L1 on each input pixel's distance along its ray, from the renders' depth, at the start (default 1.0; 0: off).")
+@click.option("--depth-weight-end", type=float, default=None, help="gs-lrm: the depth weight after its cosine decay (default 0.1).")
+@click.option("--depth-decay", type=float, default=None, help="gs-lrm: share of the run over which the depth weight decays (default 0.5).")
+@click.option("--alpha-weight", type=float, default=None, help="gs-lrm: MSE between rendered and true coverage (default 0.1; 0: off).")
+@click.option("--low-res", type=int, default=None, help="gs-lrm: resolution of the curriculum's first part (default 128; 0: off).")
+@click.option("--low-res-until", type=float, default=None, help="gs-lrm: share of the run at --low-res (default 0.7).")
+@click.option("--supervise-inputs/--no-supervise-inputs", default=None, help="gs-lrm: also render and supervise the input views (default on).")
+@click.option("--view-sampling", type=click.Choice(["random", "mixed"]), default=None, help="gs-lrm: mixed (default) gives --layout-share of the samples the layout views as inputs.")
+@click.option("--layout-share", type=float, default=None, help="gs-lrm: share of samples with evaluation-layout inputs (default 0.25; needs views rendered with --layout-views).")
+@click.option("--schedule", type=click.Choice(["steps", "time"]), default=None, help="gs-lrm: time: LR, curriculum and depth schedules follow --max-minutes' clock (default steps).")
+@click.option("--compile/--no-compile", "compile_", default=None, help="gs-lrm: torch.compile the transformer blocks on CUDA (default on).")
+@click.option("--data-on-gpu", type=click.Choice(["auto", "on", "off"]), default=None, help="gs-lrm: decode the views once into GPU memory (default auto: when they fit).")
+@click.option("--model-option", "model_options", multiple=True, metavar="KEY=VALUE", help="gs-lrm: a GSLRMConfig field over the preset's, e.g. distance=camera, qk_norm=false (repeatable).")
+def train_lrm(root, model, preset, out, steps, batch_size, lr, warmup_steps, weight_decay, grad_clip, image_size, num_input_views, num_target_views, unroll_steps, turbo_steps, num_points, unroll_warmup, bf16, grad_checkpointing, perceptual_weights, log_every, image_every, ckpt_every, num_workers, seed, device, resume, max_minutes, depth_weight, depth_weight_end, depth_decay, alpha_weight, low_res, low_res_until, supervise_inputs, view_sampling, layout_share, schedule, compile_, data_on_gpu, model_options) -> None:
     """Train a GS-LRM (or G3R) on ROOT's view shards (GS-LRM on several GPUs: launch with torchrun)."""
+    recipe = dict(depth_weight=depth_weight, depth_weight_end=depth_weight_end, depth_decay=depth_decay, alpha_weight=alpha_weight,
+                  low_res=low_res, low_res_until=low_res_until, supervise_inputs=supervise_inputs, view_sampling=view_sampling,
+                  layout_share=layout_share, schedule=schedule, compile=compile_, data_on_gpu=data_on_gpu)
     if model == "g3r":
-        _train_g3r(**{k: v for k, v in locals().items() if k not in ("model", "depth_weight", "alpha_weight")})
+        given = sorted(k for k, v in recipe.items() if v is not None) + (["model_option"] if model_options else [])
+        if given:
+            raise click.UsageError(f"{', '.join('--' + k.replace('_', '-') for k in given)} apply to --model gs-lrm only")
+        g3r_args = {k: v for k, v in locals().items() if k in _train_g3r.__code__.co_varnames[:_train_g3r.__code__.co_argcount]}
+        _train_g3r(**g3r_args)
         return
     from zeroverse.lrm.train import TrainConfig, train
 
     if any(v is not None for v in (unroll_steps, turbo_steps, num_points, unroll_warmup)):
         raise click.UsageError("--unroll-steps, --turbo-steps, --num-points and --unroll-warmup apply to --model g3r only")
     num_input_views, num_target_views = num_input_views or 4, num_target_views or 4
+    if low_res == 0:
+        recipe["low_res"] = None
     try:
+        options = _model_options(model_options)
         cfg = TrainConfig(
             root=str(root), out=str(out), model=model, preset=preset, steps=steps, batch_size=batch_size, lr=lr,
             warmup_steps=warmup_steps, weight_decay=weight_decay, grad_clip=grad_clip, image_size=image_size,
             num_input_views=num_input_views, num_target_views=num_target_views, bf16=bf16,
             grad_checkpointing=grad_checkpointing, perceptual_weights=perceptual_weights, log_every=log_every,
             image_every=image_every, ckpt_every=ckpt_every, num_workers=num_workers, seed=seed, device=device, resume=resume, max_minutes=max_minutes,
-            depth_weight=depth_weight, alpha_weight=alpha_weight,
+            model_options=options, **{k: v for k, v in recipe.items() if v is not None or (k == "low_res" and low_res == 0)},
         )
         result = train(cfg)
     except (ValueError, FileExistsError, FileNotFoundError) as err:
         raise _fail(err) from err
     click.echo(f"trained to step {result.step}; checkpoint {result.last_checkpoint}; metrics {result.metrics_path}")
+
+
+def _model_options(pairs: tuple[str, ...]) -> dict:
+    """KEY=VALUE pairs -> GSLRMConfig overrides, each value parsed as its field's type."""
+    from dataclasses import fields
+
+    from zeroverse.lrm.gslrm import GSLRMConfig
+
+    types = {f.name: f.type for f in fields(GSLRMConfig)}
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in types:
+            raise ValueError(f"--model-option {pair!r}: use KEY=VALUE with KEY one of {sorted(types)}")
+        kind = str(types[key])
+        try:
+            if "bool" in kind:
+                if value.lower() not in ("true", "false", "1", "0", "on", "off"):
+                    raise ValueError
+                out[key] = value.lower() in ("true", "1", "on")
+            elif "int" in kind:
+                out[key] = int(value)
+            elif "float" in kind:
+                out[key] = float(value)
+            else:
+                out[key] = value
+        except ValueError:
+            raise ValueError(f"--model-option {pair!r}: {key} takes a {kind} value") from None
+    return out
 
 
 def _train_g3r(root, preset, out, steps, batch_size, lr, warmup_steps, weight_decay, grad_clip, image_size, num_input_views, num_target_views, unroll_steps, turbo_steps, num_points, unroll_warmup, bf16, grad_checkpointing, perceptual_weights, log_every, image_every, ckpt_every, num_workers, seed, device, resume, max_minutes) -> None:
@@ -331,11 +383,11 @@ def _train_g3r(root, preset, out, steps, batch_size, lr, warmup_steps, weight_de
         raise click.UsageError("--model g3r has presets tiny and small")
     extra = {k: v for k, v in dict(num_input_views=num_input_views, num_target_views=num_target_views, unroll_steps=unroll_steps,
                                   turbo_steps=turbo_steps, num_points=num_points, unroll_warmup=unroll_warmup,
-                                  max_minutes=max_minutes).items() if v is not None}
+                                  max_minutes=max_minutes, image_size=image_size).items() if v is not None}
     try:
         cfg = G3RTrainConfig(
             root=str(root), out=str(out), preset=preset, steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
-            weight_decay=weight_decay, grad_clip=grad_clip, image_size=image_size, perceptual_weights=perceptual_weights,
+            weight_decay=weight_decay, grad_clip=grad_clip, perceptual_weights=perceptual_weights,
             log_every=log_every, image_every=image_every, ckpt_every=ckpt_every, seed=seed, resume=resume,
             num_workers=num_workers, device=device, **extra,
         )

@@ -63,7 +63,10 @@ from .decode import (
 CHANNEL_KEYS = {"rgb": "images", "alpha": "alphas", "depth": "depths", "normal": "normals", "position": "positions"}
 _CHANNEL_DIMS = {"rgb": 3, "alpha": 1, "depth": 1, "normal": 3, "position": 3}
 _CHANNEL_ALIASES = {**{k: k for k in CHANNEL_KEYS}, **{v: k for k, v in CHANNEL_KEYS.items()}, "normals": "normal"}
-VIEW_SAMPLINGS = ("random", "eval")
+# random: V distinct views per (seed, epoch, shape); eval: the eval rig's inputs and targets;
+# mixed: like random, but a `layout_share` of the samples take as inputs the views the random
+# rig rendered in the evaluation layout (role "layout", RigConfig.layout_views).
+VIEW_SAMPLINGS = ("random", "eval", "mixed")
 BACKGROUNDS = {"white": 1.0, "black": 0.0}
 # Columns every item reads: small next to the image cells.
 _CAMERA_COLUMNS = ["shape_id", "view", "role", "projection", "width", "height", "c2w", "intrinsics"]
@@ -89,6 +92,7 @@ class ViewConfig:
     view_sampling: str = "random"
     seed: int = 0
     skip_bad: bool = False
+    layout_share: float = 0.0  # view_sampling="mixed": share of samples with layout inputs
 
     @classmethod
     def make(
@@ -101,6 +105,7 @@ class ViewConfig:
         view_sampling: str,
         seed: int,
         skip_bad: bool,
+        layout_share: float = 0.0,
     ) -> "ViewConfig":
         for name, value in (("num_input_views", num_input_views), ("num_target_views", num_target_views)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
@@ -134,8 +139,10 @@ class ViewConfig:
             raise ValueError(f"view_sampling={view_sampling!r}: use one of {VIEW_SAMPLINGS}")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"seed={seed!r}: use a non-negative integer")
+        if not 0.0 <= float(layout_share) <= 1.0:
+            raise ValueError(f"layout_share={layout_share!r}: use a share in [0, 1]")
         return cls(int(num_input_views), int(num_target_views), resolution, tuple(canonical), background,
-                   view_sampling, int(seed), bool(skip_bad))
+                   view_sampling, int(seed), bool(skip_bad), float(layout_share))
 
     @property
     def num_views(self) -> int:
@@ -381,7 +388,16 @@ class ViewReader:
         (seed, shape_id) only, so evaluation does not change with the epoch."""
         cfg = self.config
         order = sorted(range(len(views)), key=lambda i: int(views[i]))
-        if cfg.view_sampling == "random":
+        if cfg.view_sampling == "mixed" and cfg.layout_share > 0:
+            layout = [i for i in order if roles[i] == "layout" and projections[i] == "perspective"]
+            pick = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(epoch, entry.shape_id, 3)))
+            if len(layout) >= cfg.num_input_views and pick.random() < cfg.layout_share:
+                rest = [i for i in order if i not in layout[: cfg.num_input_views] and projections[i] == "perspective"]
+                if len(rest) >= cfg.num_target_views:
+                    rng = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(epoch, entry.shape_id, 0)))
+                    chosen = rng.choice(len(rest), size=cfg.num_target_views, replace=False)
+                    return layout[: cfg.num_input_views] + [rest[k] for k in chosen]
+        if cfg.view_sampling in ("random", "mixed"):
             candidates = [i for i in order if projections[i] == "perspective"]
             if len(candidates) < cfg.num_views:
                 raise ShardReadError(
@@ -523,8 +539,10 @@ class ViewDataset(Dataset):
         view_sampling: str = "random",
         seed: int = 0,
         skip_bad: bool = False,
+        layout_share: float = 0.0,
     ):
-        self.config = ViewConfig.make(num_input_views, num_target_views, resolution, channels, background, view_sampling, seed, skip_bad)
+        self.config = ViewConfig.make(num_input_views, num_target_views, resolution, channels, background, view_sampling, seed, skip_bad,
+                                      layout_share)
         self.views_dir, self.manifest = resolve_views_dir(root)
         self.entries = build_index(self.views_dir, self.manifest, self.config, type(self).__name__)
         self.reader = ViewReader(self.config)

@@ -3,9 +3,15 @@
     input view v: concat(RGB (3), Plücker ray (6)) = 9 channels, H x W
     -> 8x8 patches, linear -> tokens of all input views concatenated (B, V*H*W/64, width)
     -> pre-LN transformer, no biases anywhere (LayerNorm(bias=False), Linear(bias=False)), SDPA
-    -> LayerNorm, per-token linear "unpatchify" to 12 numbers per pixel:
+    -> LayerNorm, per-token linear "unpatchify" to 12 numbers per pixel (fp32 by default):
        rgb 3 | scale 3 | rotation 4 | opacity 1 | distance along the ray 1
-    -> Gaussians: mean = ray origin + t * ray direction, t in [near, far]
+    -> Gaussians: mean = ray origin + t * ray direction, with (parameterisation v2, default)
+       t = t0 + spread * tanh(x) around t0 = -o.d, the point of the ray closest to the object
+       centre, positions clamped to the object's cube; scale = min(exp(s + ln 0.1), 0.3) and
+       opacity = sigmoid(x - 2) as in GS-LRM. At initialisation every Gaussian therefore lies
+       in the cube near the plane through the centre, ~0.1 wide: colour gradients reach the
+       positions from the first step, and no view's camera distance has to be learnt first.
+       `distance="camera"`, `scale_activation="sigmoid"` restore the v1 behaviour (ablations).
 
 No I/O in this file (nanoGPT style): the trainer (train.py) reads data and writes checkpoints.
 
@@ -32,6 +38,11 @@ from .camera_rays import plucker_rays, ray_origins_directions, world_to_camera
 from .rasterizer import Backend, RenderOutput, rasterize_gaussians
 
 GAUSSIAN_CHANNELS = 12  # rgb 3, scale 3, rotation 4, opacity 1, distance 1
+# Version of the config's meaning. v1 (zeroverse <= 0.1.0) had no version key and other
+# defaults (distance from the camera, sigmoid scales from 0.01); its checkpoints are refused.
+PARAM_VERSION = 2
+DISTANCES = ("object", "camera")
+SCALE_ACTIVATIONS = ("exp", "sigmoid")
 _SDPA = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
          "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
 ATTENTION_BACKENDS = ("auto", *_SDPA)
@@ -52,13 +63,20 @@ class GSLRMConfig:
     # SDPA kernel preference: "auto" (PyTorch's choice) or one of "cudnn", "flash",
     # "efficient", "math" tried first, the others as fallbacks. Speed only; same weights.
     attention: str = "auto"
-    # Gaussian parameterisation. World units: objects lie in [-1, 1]^3 and the rig puts cameras
-    # 1.67-3.11 from the origin, so every surface point is within ~0.1-4.9 of a camera.
+    # Gaussian parameterisation (module docstring). World units: objects lie in [-1, 1]^3 and
+    # the rig puts cameras 1.67-3.11 from the origin.
+    param_version: int = PARAM_VERSION
+    distance: str = "object"  # "object": t0 + spread*tanh(x) about the centre; "camera": v1
+    object_spread: float = 1.7320508  # sqrt(3): a ray's chord through the cube is within t0 +- this
+    object_bound: float = 1.0  # positions clamped to [-bound, bound]^3 (distance="object")
+    scale_activation: str = "exp"  # "exp": min(exp(s) * init_scale, max_scale) (GS-LRM); "sigmoid": v1
     max_scale: float = 0.3  # GS-LRM's 0.3 cap
-    init_scale: float = 0.01  # ~1 px at 256², 50° fov, 2.5 units away
-    init_opacity: float = 0.2
-    near: float = 0.1
-    far: float = 5.0  # t starts at (near + far) / 2 = 2.55, about the distance to the object
+    init_scale: float = 0.1003  # GS-LRM's exp(-2.3); v1 used 0.01 (~1 px)
+    init_opacity: float = 0.1192  # GS-LRM's sigmoid(-2); v1 used 0.2
+    near: float = 0.1  # distance="camera" only: t in [near, far]
+    far: float = 5.0
+    qk_norm: bool = True  # RMS-normalise queries and keys per head (stable attention logits)
+    fp32_head: bool = True  # output norm + head outside autocast: distances not quantised by bf16
 
     def __post_init__(self):
         if self.image_size % self.patch_size:
@@ -73,6 +91,14 @@ class GSLRMConfig:
             raise ValueError(f"init_opacity must be in (0, 1), got {self.init_opacity}")
         if not 0 < self.near < self.far:
             raise ValueError(f"need 0 < near ({self.near}) < far ({self.far})")
+        if self.param_version != PARAM_VERSION:
+            raise ValueError(f"param_version {self.param_version}: this zeroverse builds v{PARAM_VERSION} GS-LRMs")
+        if self.distance not in DISTANCES:
+            raise ValueError(f"distance must be one of {DISTANCES}, got {self.distance!r}")
+        if self.scale_activation not in SCALE_ACTIVATIONS:
+            raise ValueError(f"scale_activation must be one of {SCALE_ACTIVATIONS}, got {self.scale_activation!r}")
+        if not (self.object_spread > 0 and self.object_bound > 0):
+            raise ValueError(f"need object_spread ({self.object_spread}) and object_bound ({self.object_bound}) > 0")
         if self.attention not in ATTENTION_BACKENDS:
             raise ValueError(f"attention must be one of {sorted(ATTENTION_BACKENDS)}, got {self.attention!r}")
 
@@ -88,6 +114,14 @@ class GSLRMConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "GSLRMConfig":
         known = {f.name for f in fields(cls)}
+        version = d.get("param_version", 1)
+        if version != PARAM_VERSION:
+            raise ValueError(
+                f"this GS-LRM was saved with parameterisation v{version} (v1: zeroverse 0.1.0, distance "
+                f"along the ray from the camera and 0.01-wide sigmoid scales); this zeroverse reads "
+                f"v{PARAM_VERSION} only. Retrain it with `zeroverse train-lrm`, or score it with the "
+                "zeroverse version that trained it."
+            )
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown GSLRMConfig keys {sorted(unknown)}")
@@ -96,7 +130,7 @@ class GSLRMConfig:
 
 PRESETS: dict[str, dict] = {
     # CPU tests: 16 tokens per 32x32 view.
-    "tiny": dict(image_size=32, patch_size=8, width=64, depth=2, heads=2, init_scale=0.06),
+    "tiny": dict(image_size=32, patch_size=8, width=64, depth=2, heads=2),
     "small": dict(width=768, depth=12, heads=12),
     # The paper's size.
     "base": dict(width=1024, depth=24, heads=16),
@@ -136,16 +170,21 @@ def _sdpa_context(attention: str):
 
 
 class Attention(nn.Module):
-    def __init__(self, width: int, heads: int, attention: str = "auto"):
+    def __init__(self, width: int, heads: int, attention: str = "auto", qk_norm: bool = False):
         super().__init__()
         self.heads = heads
         self.attention = attention
         self.qkv = nn.Linear(width, 3 * width, bias=False)
         self.proj = nn.Linear(width, width, bias=False)
+        # QK-norm: attention logits stay bounded whatever the residual stream's scale.
+        self.q_norm = nn.RMSNorm(width // heads) if qk_norm else None
+        self.k_norm = nn.RMSNorm(width // heads) if qk_norm else None
 
     def forward(self, x: Tensor) -> Tensor:  # [B, T, D]
         B, T, D = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q).to(v.dtype), self.k_norm(k).to(v.dtype)
         with _sdpa_context(self.attention):
             y = F.scaled_dot_product_attention(q, k, v)  # [B, heads, T, D/heads]
         return self.proj(y.transpose(1, 2).reshape(B, T, D))
@@ -164,10 +203,10 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """Pre-LN transformer block without biases."""
 
-    def __init__(self, width: int, heads: int, mlp_ratio: float, attention: str = "auto"):
+    def __init__(self, width: int, heads: int, mlp_ratio: float, attention: str = "auto", qk_norm: bool = False):
         super().__init__()
         self.norm1 = nn.LayerNorm(width, bias=False)
-        self.attn = Attention(width, heads, attention)
+        self.attn = Attention(width, heads, attention, qk_norm)
         self.norm2 = nn.LayerNorm(width, bias=False)
         self.mlp = MLP(width, int(round(width * mlp_ratio)))
 
@@ -184,7 +223,7 @@ class GSLRM(nn.Module):
         self.patch_embed = nn.Linear(9 * p * p, cfg.width, bias=False)
         self.norm_in = nn.LayerNorm(cfg.width, bias=False)
         self.blocks = nn.ModuleList(
-            Block(cfg.width, cfg.heads, cfg.mlp_ratio, cfg.attention) for _ in range(cfg.depth)
+            Block(cfg.width, cfg.heads, cfg.mlp_ratio, cfg.attention, cfg.qk_norm) for _ in range(cfg.depth)
         )
         self.norm_out = nn.LayerNorm(cfg.width, bias=False)
         self.head = nn.Linear(cfg.width, GAUSSIAN_CHANNELS * p * p, bias=False)
@@ -228,7 +267,12 @@ class GSLRM(nn.Module):
                 x = checkpoint(block, x, use_reentrant=False)
             else:
                 x = block(x)
-        x = self.head(self.norm_out(x))  # [B, V*h*w, 12*p*p]
+        if self.cfg.fp32_head:
+            # Outside autocast: bf16 would quantise each pixel's distance to ~1/128 of its range.
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                x = self.head(self.norm_out(x.float()))  # [B, V*h*w, 12*p*p]
+        else:
+            x = self.head(self.norm_out(x))
         x = x.view(B, V, h, w, p, p, GAUSSIAN_CHANNELS).permute(0, 1, 2, 4, 3, 5, 6)
         raw = x.reshape(B, V * H * W, GAUSSIAN_CHANNELS).float()
         o, d = ray_origins_directions(c2w.float(), K.float(), H, W)  # [B, V, H, W, 3]
@@ -238,15 +282,25 @@ class GSLRM(nn.Module):
         """Map raw per-pixel outputs [B, N, 12] to Gaussians along the pixel rays [B, N, 3]."""
         cfg = self.cfg
         rgb, scale, rot, opac, dist = raw.split([3, 3, 4, 1, 1], dim=-1)
-        # scale = max_scale * sigmoid(.): smooth, bounded, equal to init_scale at raw = 0.
-        r = cfg.init_scale / cfg.max_scale
-        scales = cfg.max_scale * torch.sigmoid(scale + math.log(r / (1 - r)))
+        if cfg.scale_activation == "exp":
+            # GS-LRM: min(exp(s - 2.3), 0.3); the clamp's gradient is 0 only above the cap.
+            scales = torch.exp(scale + math.log(cfg.init_scale)).clamp(max=cfg.max_scale)
+        else:
+            # v1: max_scale * sigmoid(.), equal to init_scale at raw = 0.
+            r = cfg.init_scale / cfg.max_scale
+            scales = cfg.max_scale * torch.sigmoid(scale + math.log(r / (1 - r)))
         q = rot + rot.new_tensor([1.0, 0.0, 0.0, 0.0])  # identity rotation at raw = 0
         quats = q / q.norm(dim=-1, keepdim=True).clamp_min(1e-8)
         a = cfg.init_opacity
         opacities = torch.sigmoid(opac[..., 0] + math.log(a / (1 - a)))
-        t = cfg.near + (cfg.far - cfg.near) * torch.sigmoid(dist)
-        means = origins + t * dirs
+        if cfg.distance == "object":
+            # Around the point of each ray closest to the object centre (the origin).
+            t0 = -(origins * dirs).sum(-1, keepdim=True) / (dirs * dirs).sum(-1, keepdim=True)
+            t = t0 + cfg.object_spread * torch.tanh(dist)
+            means = (origins + t * dirs).clamp(-cfg.object_bound, cfg.object_bound)
+        else:
+            t = cfg.near + (cfg.far - cfg.near) * torch.sigmoid(dist)
+            means = origins + t * dirs
         return Gaussians(means=means, quats=quats, scales=scales, opacities=opacities,
                          colors=torch.sigmoid(rgb))
 
@@ -259,15 +313,23 @@ class GSLRM(nn.Module):
         W: int,
         background: Tensor | None = None,  # [3]
         backend: Backend = "auto",
+        with_depth: bool = True,
     ) -> RenderOutput:
-        """Render at the given cameras; always float32 (gsplat's kernels are fp32 only)."""
+        """Render at the given cameras; always float32 (gsplat's kernels are fp32 only).
+        with_depth=False skips the depth channel (training never reads it; out.depth is None)."""
         g = gaussians
         with torch.autocast(device_type=g.means.device.type, enabled=False):
             return rasterize_gaussians(
                 g.means.float(), g.quats.float(), g.scales.float(), g.opacities.float(),
                 g.colors.float(), world_to_camera(c2w.float()), K.float(), W, H,
-                background=background, backend=backend,
+                background=background, backend=backend, with_depth=with_depth,
             )
+
+    def compile_blocks(self) -> None:
+        """torch.compile each transformer block (one graph serves them all: same code, weights
+        passed as inputs); fuses the norms, GELU and residual adds around the matmuls."""
+        for block in self.blocks:
+            block.compile(dynamic=False)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -295,6 +357,7 @@ __all__ = [
     "GSLRM",
     "GSLRMConfig",
     "Gaussians",
+    "PARAM_VERSION",
     "PRESETS",
     "estimate_flops",
 ]

@@ -48,6 +48,7 @@ T_MIN = 1e-4  # compositing stops before transmittance would reach this
 # recomputes tiles in the backward pass instead of keeping them.
 TORCH_TILE = 8
 TORCH_CHUNK_ELEMENTS = 1 << 23
+TORCH_MEMORY_SHARE = 0.6  # of MemAvailable the torch backend may keep for backward (_MemoryGuard)
 
 Backend = Literal["auto", "torch", "gsplat"]
 
@@ -56,7 +57,7 @@ Backend = Literal["auto", "torch", "gsplat"]
 class RenderOutput:
     rgb: Tensor  # [B, C, H, W, 3]
     alpha: Tensor  # [B, C, H, W, 1]
-    depth: Tensor  # [B, C, H, W, 1] expected camera z-depth (0 where nothing was hit)
+    depth: Tensor | None  # [B, C, H, W, 1] expected camera z-depth (0 where nothing was hit); None if not asked
 
 
 def gsplat_available() -> bool:
@@ -75,6 +76,7 @@ def rasterize_gaussians(
     height: int,
     background: Tensor | None = None,  # [3] (or broadcastable to [B, C, 3]); None = black
     backend: Backend = "auto",
+    with_depth: bool = True,  # False: no depth channel (gsplat renders RGB only; depth None)
 ) -> RenderOutput:
     """Render B scenes of N Gaussians into C cameras each; see the module docstring.
 
@@ -92,13 +94,14 @@ def rasterize_gaussians(
                 "use backend='torch' or 'auto' on machines without it"
             )
         return _rasterize_gsplat(
-            means, quats, scales, opacities, colors, viewmats, Ks, width, height, background
+            means, quats, scales, opacities, colors, viewmats, Ks, width, height, background, with_depth
         )
     if backend != "torch":
         raise ValueError(f"backend must be 'auto', 'torch' or 'gsplat', got {backend!r}")
-    return _rasterize_torch(
+    out = _rasterize_torch(
         means, quats, scales, opacities, colors, viewmats, Ks, width, height, background
     )
+    return out if with_depth else RenderOutput(rgb=out.rgb, alpha=out.alpha, depth=None)
 
 
 def _validate(means, quats, scales, opacities, colors, viewmats, Ks, width, height) -> None:
@@ -136,7 +139,7 @@ def _background(background: Tensor | None, B: int, C: int, ref: Tensor) -> Tenso
 
 
 def _rasterize_gsplat(
-    means, quats, scales, opacities, colors, viewmats, Ks, width, height, background
+    means, quats, scales, opacities, colors, viewmats, Ks, width, height, background, with_depth=True
 ) -> RenderOutput:
     from gsplat import rasterization
 
@@ -153,10 +156,10 @@ def _rasterize_gsplat(
         eps2d=EPS2D,
         packed=False,
         backgrounds=None if bg is None else bg.contiguous(),
-        render_mode="RGB+ED",
+        render_mode="RGB+ED" if with_depth else "RGB",
         rasterize_mode="classic",
     )
-    return RenderOutput(rgb=render[..., :3], alpha=alphas, depth=render[..., 3:4])
+    return RenderOutput(rgb=render[..., :3], alpha=alphas, depth=render[..., 3:4] if with_depth else None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -247,6 +250,48 @@ def project_gaussians(
                      cov_diag=torch.stack([a, c], dim=-1), valid=valid)
 
 
+def available_memory_bytes() -> int | None:
+    """MemAvailable of this machine (Linux), or None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+class _MemoryGuard:
+    """Counts what the pure-PyTorch rasterizer keeps for the backward pass, tile by tile, and
+    refuses (MemoryError naming the sizes and the fix) before it passes TORCH_MEMORY_SHARE of
+    the machine's available memory: a too-large CPU batch used to be killed by the OOM killer
+    (a 4-view 256² GS-LRM sample is 262k Gaussians against every touched tile)."""
+
+    def __init__(self, B, C, N, H, W, itemsize: int, needs_grad: bool, ckpt: bool):
+        self.sizes = (B, C, N, H, W)
+        self.itemsize, self.needs_grad, self.ckpt = itemsize, needs_grad, ckpt
+        available = available_memory_bytes()
+        self.budget = None if available is None else TORCH_MEMORY_SHARE * available
+        self.kept = 0.0
+
+    def add_tile(self, k: int) -> None:
+        B, C, N, H, W = self.sizes
+        if not self.needs_grad or self.budget is None:
+            return
+        # Checkpointed: the tile's gathered inputs (means2d 2, conics 3, opacity 1, feats 5);
+        # otherwise also ~8 [B, C, tile pixels, k] intermediates of the compositing.
+        per_hit = 11 if self.ckpt else 11 + 8 * TORCH_TILE * TORCH_TILE
+        self.kept += B * C * k * per_hit * self.itemsize
+        if self.kept > self.budget:
+            raise MemoryError(
+                f"the pure-PyTorch rasterizer would keep over {self.kept / 1e9:.1f} GB for the backward pass "
+                f"({B} scenes x {N} Gaussians into {C} views of {W}x{H}), more than {TORCH_MEMORY_SHARE:.0%} of "
+                f"this machine's available memory ({self.budget / TORCH_MEMORY_SHARE / 1e9:.1f} GB). Lower the "
+                "image size (train-lrm --image-size, --low-res) or the batch size, or train on a GPU with gsplat."
+            )
+
+
 def _composite_chunk(
     pix: Tensor,  # [P, 2] pixel centres (u, v)
     means2d: Tensor,  # [B, C, N, 2] sorted front to back
@@ -311,6 +356,7 @@ def _rasterize_torch(
     # tile, small scenes pay no recomputation.
     use_ckpt = needs_grad and B * C * H * W * N > 4 * TORCH_CHUNK_ELEMENTS
     dt, dev = means.dtype, means.device
+    memory = _MemoryGuard(B, C, N, H, W, means.element_size(), needs_grad, use_ckpt)
     rows = []
     for y0 in range(0, H, TORCH_TILE):
         y1 = min(y0 + TORCH_TILE, H)
@@ -324,6 +370,7 @@ def _rasterize_torch(
                     & (hi[..., 1] >= y0 + 0.5) & (lo[..., 1] <= y1 - 0.5)
                 )  # [B, C, N]
                 k = int(hit.sum(-1).max())
+            memory.add_tile(k)
             if k == 0:
                 tiles.append(torch.zeros(B, C, y1 - y0, x1 - x0, 5, dtype=dt, device=dev))
                 continue

@@ -32,6 +32,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -50,6 +51,9 @@ class TrainConfig:
     out: str  # run folder
     model: str = "gs-lrm"
     preset: str = "small"  # GS-LRM size: tiny | small | base (gslrm.PRESETS)
+    # GSLRMConfig fields over the preset's, e.g. {"distance": "camera", "qk_norm": False}
+    # (ablations of the parameterisation; train-lrm --model-option KEY=VALUE).
+    model_options: dict = field(default_factory=dict)
     steps: int = 100_000
     batch_size: int = 8  # per process
     lr: float = 4e-4
@@ -62,7 +66,27 @@ class TrainConfig:
     attention: str = "auto"  # SDPA kernel preference (gslrm.ATTENTION_BACKENDS), speed only
     num_input_views: int = 4
     num_target_views: int = 4
-    image_size: int = 256
+    image_size: int | None = None  # None: the views' stored resolution (resolve_image_size)
+    # Resolution curriculum (GS-LRM trains low resolution first): until `low_res_until` of the
+    # run (by progress, see `schedule`) batches are downsampled on the fly to `low_res`, about
+    # 4x cheaper per step at 128² vs 256². None or >= image_size: full resolution throughout.
+    low_res: int | None = 128
+    low_res_until: float = 0.7
+    # Render and supervise the input views as well as the novel ones (GS-LRM-style).
+    supervise_inputs: bool = True
+    # Input cameras: "random" views, or "mixed": a `layout_share` of the samples take the views
+    # a random rig rendered in the evaluation layout (RigConfig.layout_views) as inputs; shapes
+    # without such views stay random. Held-out evaluation stays on its own rigs.
+    view_sampling: str = "mixed"
+    layout_share: float = 0.25
+    # "steps": progress (LR cosine, curriculum, depth schedule) = step / steps. "time": with
+    # max_minutes, progress = max(step / steps, elapsed / max_minutes), so a run bounded by a
+    # machine lease still decays its LR and reaches full resolution (not bit-reproducible).
+    schedule: str = "steps"
+    compile: bool = True  # torch.compile the transformer blocks (CUDA only)
+    # Decode the whole set once into GPU memory and gather batches there (zeroverse.data.
+    # resident): "auto" when it fits in half the free GPU memory, "on", "off" (DataLoader).
+    data_on_gpu: str = "auto"
     log_every: int = 10
     image_every: int = 1_000
     ckpt_every: int = 5_000
@@ -74,9 +98,12 @@ class TrainConfig:
     # Geometry supervision from the renders' own depth and alpha (synthetic data carries both;
     # evaluation never uses them). depth: L1 between each input pixel's predicted distance along
     # its ray and the true one, on covered pixels; alpha: MSE between the rendered and the true
-    # coverage of the target views. They teach where surfaces are far sooner than colour alone
-    # (a batch without depths/alphas skips the term). 0 disables.
-    depth_weight: float = 0.1
+    # coverage of the rendered views. They teach where surfaces are far sooner than colour alone
+    # (a batch without depths/alphas skips the term). 0 disables. The depth weight is strong
+    # early and decays (cosine) to depth_weight_end over the first depth_decay of the run.
+    depth_weight: float = 1.0
+    depth_weight_end: float = 0.1
+    depth_decay: float = 0.5
     alpha_weight: float = 0.1
     num_workers: int = 4
     device: str = "auto"  # auto | cpu | cuda | cuda:N (torchrun: the local rank's GPU)
@@ -89,15 +116,35 @@ class TrainConfig:
             raise ValueError(f"model {self.model!r} is not trained here; choose one of {MODELS}")
         if self.preset not in PRESETS:
             raise ValueError(f"preset {self.preset!r} unknown; choose one of {sorted(PRESETS)}")
-        for name in ("steps", "batch_size", "num_input_views", "num_target_views", "image_size",
+        for name in ("steps", "batch_size", "num_input_views", "num_target_views",
                      "log_every", "image_every", "ckpt_every"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("image_size", "low_res"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive or None, got {getattr(self, name)}")
+        for name in ("low_res_until", "layout_share", "depth_decay"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.view_sampling not in ("random", "mixed"):
+            raise ValueError(f"view_sampling must be 'random' or 'mixed', got {self.view_sampling!r}")
+        if self.schedule not in ("steps", "time"):
+            raise ValueError(f"schedule must be 'steps' or 'time', got {self.schedule!r}")
+        if self.schedule == "time" and self.max_minutes is None:
+            raise ValueError("schedule='time' follows the clock of max_minutes: set max_minutes too")
+        if self.data_on_gpu not in ("auto", "on", "off"):
+            raise ValueError(f"data_on_gpu must be 'auto', 'on' or 'off', got {self.data_on_gpu!r}")
         if self.warmup_steps < 0 or self.num_workers < 0:
             raise ValueError("warmup_steps and num_workers must be >= 0")
-        for name in ("lpips_weight", "ssim_weight", "depth_weight", "alpha_weight"):
+        for name in ("lpips_weight", "ssim_weight", "depth_weight", "depth_weight_end", "alpha_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        from dataclasses import fields as _fields
+
+        known = {f.name for f in _fields(GSLRMConfig)} - {"image_size", "num_input_views", "param_version"}
+        unknown = set(self.model_options) - known
+        if unknown:
+            raise ValueError(f"model_options {sorted(unknown)} are not GS-LRM settings; choose from {sorted(known)}")
         if len(self.betas) != 2:
             raise ValueError(f"betas must be two floats, got {self.betas}")
 
@@ -126,22 +173,31 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> TrainResult:
     ctx = _setup_distributed(cfg.device)
     device, rank, world = ctx["device"], ctx["rank"], ctx["world"]
     is_main = rank == 0
+    if dataset is None:
+        dataset, collate_fn = _view_dataset(cfg)  # before the run folder: a bad root leaves none
+    else:
+        collate_fn = None  # torch's default_collate for an injected dataset
+    image_size = cfg.image_size or resolve_image_size(dataset)
     # Same seed on every rank: identical initial weights (DDP also broadcasts them).
     out, latest = _prepare_run(cfg, device, is_main)
     model_cfg = GSLRMConfig.preset(
         cfg.preset,
-        image_size=cfg.image_size,
+        image_size=image_size,
         num_input_views=cfg.num_input_views,
         grad_checkpointing=cfg.grad_checkpointing,
         attention=cfg.attention,
+        **cfg.model_options,
     )
     model = GSLRM(model_cfg).to(device)
     optimizer = _build_optimizer(model, cfg, device)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
+    clock = RunClock(cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, clock.lr_factor)
 
     perceptual = _perceptual_loss(cfg, device, warn=is_main)
     step = _resume(cfg, latest, model, optimizer, scheduler, is_main,
                    check=lambda ckpt: _check_same_model(ckpt["model_config"], model_cfg, latest))
+    if cfg.compile and device.type == "cuda":
+        model.compile_blocks()
 
     ddp_model: nn.Module = model
     if world > 1:
@@ -149,11 +205,7 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> TrainResult:
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
 
-    collate_fn = None  # torch's default_collate for an injected dataset
-    if dataset is None:
-        dataset, collate_fn = _view_dataset(cfg)
-    batches = _batches(dataset, cfg, rank, world, step, pin=device.type == "cuda",
-                       collate_fn=collate_fn)
+    batches, data_source = _batch_source(dataset, cfg, rank, world, step, device, collate_fn, is_main)
 
     writer = _tensorboard(out) if is_main else None
     metrics_path = out / "metrics.jsonl"
@@ -165,6 +217,7 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> TrainResult:
             "perceptual": perceptual is not None,
             "world_size": world,
             "device": str(device),
+            "data": data_source,
             "torch": torch.__version__,
             "start_step": step,
         }
@@ -173,24 +226,29 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> TrainResult:
     background = torch.ones(3, device=device)  # the dataset composites on white
 
     result = TrainResult(step=step, metrics_path=metrics_path, perceptual=perceptual is not None)
-    window: dict[str, float] = {}
+    # Scalars stay on the device and are read once per log window: no host sync per step.
+    window: list[Tensor] = []
+    names: list[str] = []
     t_window, data_time, n_window = time.perf_counter(), 0.0, 0
     progress = _progress(cfg.steps, step, disable=not is_main)
     model.train()
-    started = time.perf_counter()
     time_up = False
     while step < cfg.steps and not time_up:
+        p = clock.progress(step)
         t0 = time.perf_counter()
         batch = _to_device(next(batches), device)
         data_time += time.perf_counter() - t0
+        size = cfg.low_res if (cfg.low_res and cfg.low_res < image_size and p < cfg.low_res_until) else image_size
+        batch = downsample_batch(batch, size)
         inputs, targets = _split_views(batch, cfg.num_input_views, model_cfg.patch_size)
 
         with amp:
             gaussians = ddp_model(inputs["images"], inputs["c2w"], inputs["K"])
-        H, W = targets["images"].shape[-2:]
-        render = GSLRM.render(gaussians, targets["c2w"], targets["K"], H, W, background)
-        pred = render.rgb.permute(0, 1, 4, 2, 3)  # [B, Vt, 3, H, W]
-        target = targets["images"]
+        seen = _concat_views(inputs, targets) if cfg.supervise_inputs else targets
+        H, W = seen["images"].shape[-2:]
+        render = GSLRM.render(gaussians, seen["c2w"], seen["K"], H, W, background, with_depth=False)
+        pred = render.rgb.permute(0, 1, 4, 2, 3)  # [B, Vr, 3, H, W]
+        target = seen["images"]
         terms = {"mse": losses.mse(pred, target)}
         if perceptual is not None:
             with amp:
@@ -199,59 +257,61 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> TrainResult:
         else:
             terms["ssim"] = losses.ssim(pred, target)
             loss = terms["mse"] + cfg.ssim_weight * (1 - terms["ssim"])
-        geometry = losses.geometry_terms(gaussians, render, inputs, targets,
+        geometry = losses.geometry_terms(gaussians, render, inputs, seen,
                                          cfg.depth_weight > 0, cfg.alpha_weight > 0)
+        weights = {"depth": clock.depth_weight(p), "alpha": cfg.alpha_weight}
         for name, value in geometry.items():
             terms[name] = value
-            loss = loss + getattr(cfg, f"{name}_weight") * value
+            loss = loss + weights[name] * value
 
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = _clip_grad(model, cfg.grad_clip)
         lr = optimizer.param_groups[0]["lr"]  # the rate this update uses
-        if torch.isfinite(grad_norm):
-            optimizer.step()
-        else:
-            # One bad batch should not end a long run; the schedule still advances.
-            result.skipped_steps += 1
-            if is_main:
-                log.warning("step %d: non-finite gradient norm, update skipped", step + 1)
+        # A non-finite gradient skips the update inside the fused optimizer (no host sync): one
+        # bad batch should not end a long run; the schedule still advances.
+        bad = (~torch.isfinite(grad_norm)).float()
+        optimizer.found_inf = bad
+        optimizer.step()
         scheduler.step()
         step += 1
-        if cfg.max_minutes is not None:
-            time_up = time.perf_counter() - started > cfg.max_minutes * 60
-            if world > 1:  # every rank must stop at the same step, or DDP hangs
-                flag = torch.tensor([float(time_up)], device=device)
-                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-                time_up = bool(flag.item())
 
         with torch.no_grad():
-            named = {"loss": loss, "psnr": metrics.psnr(pred, target).mean(),
-                     "grad_norm": grad_norm, **terms}
-            # One device sync per step for all the scalars.
-            values = dict(zip(named, torch.stack([v.float() for v in named.values()]).tolist()))
-        loss_value = values["loss"]
-        result.losses.append(loss_value)
-        result.step = step
-        progress.update(1)
-        progress.set_postfix(loss=f"{loss_value:.4f}")
-        for k, v in values.items():
-            window[k] = window.get(k, 0.0) + v
+            named = {"loss": loss, "psnr": metrics.psnr(pred, target).mean(), "grad_norm": grad_norm,
+                     "skipped": bad, **terms}
+            names = list(named)
+            window.append(torch.stack([v.detach().float() for v in named.values()]))
         n_window += 1
+        progress.update(1)
 
-        if step % cfg.log_every == 0 or step == cfg.steps or time_up:
-            record = _reduce_mean({k: v / n_window for k, v in window.items()}, world, device)
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            # The one sync of the window: every scalar of every step, and the clock for all ranks.
+            per_step = torch.stack(window).cpu()
+            elapsed_run = clock.sync_elapsed(device, world)
+            time_up = cfg.max_minutes is not None and elapsed_run > cfg.max_minutes * 60
+            values = dict(zip(names, per_step.mean(0).tolist()))
+            skipped = int(per_step[:, names.index("skipped")].sum().item())
+            result.skipped_steps += skipped
+            if skipped and is_main:
+                log.warning("%d update(s) skipped for a non-finite gradient norm before step %d", skipped, step)
+            result.losses.extend(per_step[:, 0].tolist())
+            record = _reduce_mean(values, world, device)
             elapsed = time.perf_counter() - t_window
             record.update(
                 step=step,
                 lr=lr,
+                resolution=size,
+                depth_weight=weights["depth"],
+                progress=p,
                 step_time=elapsed / n_window,
                 data_time=data_time / n_window,
                 samples_per_s=n_window * cfg.batch_size * world / max(elapsed, 1e-9),
             )
             if is_main:
                 _write_metrics(metrics_path, writer, record)
-            window, t_window, data_time, n_window = {}, time.perf_counter(), 0.0, 0
+                progress.set_postfix(loss=f"{values['loss']:.4f}", res=size)
+            window, t_window, data_time, n_window = [], time.perf_counter(), 0.0, 0
+        result.step = step
 
         if is_main and (step == 1 or step % cfg.image_every == 0 or step == cfg.steps or time_up):
             save_image_grid(out / "images" / f"step-{step:07d}.png",
@@ -263,12 +323,148 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> TrainResult:
             if world > 1:
                 dist.barrier()
 
+    if window:  # steps after the last log window
+        per_step = torch.stack(window).cpu()
+        result.losses.extend(per_step[:, 0].tolist())
+        result.skipped_steps += int(per_step[:, names.index("skipped")].sum().item())
     progress.close()
     if writer is not None:
         writer.close()
     if ctx["owns_group"]:
         dist.destroy_process_group()
     return result
+
+
+# --------------------------------------------------------------------------------------------
+# The recipe's schedules and batch shaping
+# --------------------------------------------------------------------------------------------
+
+
+class RunClock:
+    """Progress of a run in [0, 1] and what follows from it: the LR factor (linear warm-up,
+    then cosine to 0), the depth weight (cosine from depth_weight to depth_weight_end over the
+    first depth_decay) and, in the trainer, the resolution curriculum.
+
+    schedule="steps": progress = step / steps (bit-reproducible, resumable).
+    schedule="time": progress = max(step / steps, elapsed / max_minutes), the elapsed time
+    agreed by all ranks at each log step (`sync_elapsed`), so DDP ranks never disagree."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.started = time.perf_counter()
+        self.elapsed = 0.0  # seconds, as of the last sync
+
+    def progress(self, step: int) -> float:
+        p = step / self.cfg.steps
+        if self.cfg.schedule == "time":
+            p = max(p, self.elapsed / (self.cfg.max_minutes * 60))
+        return min(1.0, p)
+
+    def sync_elapsed(self, device: torch.device, world: int) -> float:
+        elapsed = time.perf_counter() - self.started
+        if world > 1:
+            t = torch.tensor([elapsed], dtype=torch.float64, device=device)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            elapsed = float(t.item())
+        self.elapsed = elapsed
+        return elapsed
+
+    def lr_factor(self, step: int) -> float:
+        warmup = self.cfg.warmup_steps
+        if step < warmup:
+            return (step + 1) / warmup
+        p_warm = warmup / self.cfg.steps
+        p = max(self.progress(step), p_warm)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (p - p_warm) / max(1e-9, 1 - p_warm))))
+
+    def depth_weight(self, progress: float) -> float:
+        cfg = self.cfg
+        if cfg.depth_decay <= 0:
+            return cfg.depth_weight_end
+        f = 0.5 * (1 + math.cos(math.pi * min(1.0, progress / cfg.depth_decay)))
+        return cfg.depth_weight_end + (cfg.depth_weight - cfg.depth_weight_end) * f
+
+
+def downsample_batch(batch: dict, size: int) -> dict:
+    """The batch at size x size (area filter; cameras scaled exactly, see data.decode), or the
+    batch itself when it already is. Images are composited, so area-averaging them equals
+    compositing the averaged premultiplied colour; depth is averaged over covered pixels only
+    and stays 0 where nothing was hit."""
+    H, W = batch["images"].shape[-2:]
+    if (H, W) == (size, size):
+        return batch
+    if H % size or W % size:
+        raise ValueError(f"cannot downsample {H}x{W} views to {size}²: use a size that divides both")
+    from zeroverse.data.decode import scale_intrinsics
+
+    def area(x: Tensor) -> Tensor:  # [B, V, C, H, W]
+        B, V = x.shape[:2]
+        return F.avg_pool2d(x.flatten(0, 1), (H // size, W // size)).unflatten(0, (B, V))
+
+    out = dict(batch)
+    out["images"] = area(batch["images"])
+    if "alphas" in batch:
+        out["alphas"] = area(batch["alphas"])
+    if "depths" in batch:
+        covered = (batch["depths"] > 0).to(batch["depths"].dtype)
+        weight = area(covered)
+        out["depths"] = area(batch["depths"] * covered) / weight.clamp_min(1e-8) * (weight > 0)
+    out["K"] = scale_intrinsics(batch["K"], size / W, size / H)
+    return out
+
+
+def _concat_views(a: dict, b: dict) -> dict:
+    return {k: torch.cat([a[k], b[k]], dim=1) for k in a if k in b}
+
+
+def resolve_image_size(dataset: Dataset) -> int:
+    """The stored resolution of a ViewDataset's views (its first shape), for image_size=None."""
+    entries = getattr(dataset, "entries", None)
+    if not entries:
+        raise ValueError("image_size=None needs a ViewDataset to read the views' resolution; pass image_size")
+    import pyarrow.parquet as pq
+
+    e = entries[0]
+    t = pq.ParquetFile(e.path).read_row_group(e.row_group, columns=["height", "width"])
+    H, W = int(t.column("height")[0].as_py()), int(t.column("width")[0].as_py())
+    if H != W:
+        raise ValueError(f"views are {W}x{H}; GS-LRM trains on square views: pass image_size")
+    return H
+
+
+def _batch_source(dataset: Dataset, cfg: TrainConfig, rank: int, world: int, step: int,
+                  device: torch.device, collate_fn, is_main: bool) -> tuple[Iterator[dict], str]:
+    """Endless batches and a word on where they come from: GPU-resident views (data_on_gpu) or
+    a DataLoader. Both give the same batch k for (seed, k) whatever `step` is."""
+    use_resident = False
+    if cfg.data_on_gpu != "off" and hasattr(dataset, "entries") and device.type == "cuda":
+        from zeroverse.data.resident import resident_bytes
+
+        need = resident_bytes(dataset)
+        free, _ = torch.cuda.mem_get_info(device)
+        use_resident = cfg.data_on_gpu == "on" or need < free // 2
+        if is_main and cfg.data_on_gpu == "auto":
+            log.info("views take %.1f GB decoded, %.1f GB GPU memory free: %s", need / 1e9, free / 1e9,
+                     "resident on the GPU" if use_resident else "DataLoader")
+    elif cfg.data_on_gpu == "on":
+        if not hasattr(dataset, "entries"):
+            raise ValueError("data_on_gpu='on' needs a ViewDataset (a dataset root)")
+        use_resident = True  # e.g. tests on CPU: "resident" in host memory
+    if use_resident:
+        from zeroverse.data.resident import ResidentViews
+
+        views = ResidentViews(dataset, device=device, num_workers=cfg.num_workers, progress=is_main)
+        return _resident_batches(views, dataset, cfg, rank, world, step), f"resident ({views.nbytes / 1e9:.2f} GB on {device})"
+    return _batches(dataset, cfg, rank, world, step, pin=device.type == "cuda", collate_fn=collate_fn), "DataLoader"
+
+
+def _resident_batches(views, dataset, cfg: TrainConfig, rank: int, world: int, step: int) -> Iterator[dict]:
+    n = len(dataset)
+    if (n // world) // cfg.batch_size == 0:
+        raise ValueError(f"dataset of {n} samples is too small for batch_size {cfg.batch_size} x {world} processes")
+    keys = iter(RunSampler(n, cfg.seed, rank, world, cfg.batch_size, step))
+    while True:
+        yield views.batch([next(keys) for _ in range(cfg.batch_size)])
 
 
 # --------------------------------------------------------------------------------------------
@@ -383,8 +579,8 @@ def _build_optimizer(model: GSLRM, cfg: TrainConfig, device: torch.device) -> to
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas),
-                             fused=device.type == "cuda")
+    # Fused on CPU and CUDA alike: its `found_inf` skips a non-finite update on the device.
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), fused=True)
 
 
 def _lr_lambda(cfg: TrainConfig):
@@ -408,6 +604,10 @@ def _clip_grad(model: nn.Module, max_norm: float) -> Tensor:
 
 
 def _check_same_model(saved: dict, cfg: GSLRMConfig, path: Path) -> None:
+    try:
+        GSLRMConfig.from_dict(saved)  # refuses other parameterisation versions by name
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
     now = cfg.to_dict()
     # Runtime fields (gradient checkpointing, attention kernel) do not change the weights.
     diff = {k: (saved.get(k), v) for k, v in now.items()
@@ -430,6 +630,8 @@ def _view_dataset(cfg: TrainConfig):
         num_target_views=cfg.num_target_views,
         resolution=cfg.image_size,
         seed=cfg.seed,
+        view_sampling=cfg.view_sampling,
+        layout_share=cfg.layout_share,
     )
     return dataset, collate
 
