@@ -5,9 +5,11 @@
     python bench/train.py --peak-tflops 989    # the H100/H200 bf16 dense datasheet figure
 
 One step = the trainer's step on a synthetic batch (random images; cameras on a sphere of
-radius 1.67-3.11 looking at the object cube, 50° fov): transformer forward in bf16 autocast,
-render the target views (fp32, gsplat), MSE + 0.2 (1 - SSIM), backward, grad clipping, fused
-AdamW.
+radius 1.67-3.11 looking at the object cube, 50° fov): transformer forward in bf16 autocast
+(compiled blocks with --compile on, the trainer's default on CUDA), render the input and target
+views (fp32, gsplat, RGB only), MSE + 0.2 (1 - SSIM), backward, grad clipping, fused AdamW that
+skips non-finite updates on the device: no host synchronisation inside the step, as in the
+trainer.
 
 FLOPs are analytic (gslrm.estimate_flops): matmuls of the patch embedding, transformer and
 head, x3 for forward + backward; rendering, norms and the optimizer are not counted, and
@@ -82,11 +84,12 @@ def bench_preset(preset: str, args, device) -> dict:
                              attention=args.attention)
     torch.manual_seed(0)
     model = GSLRM(cfg).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05,
-                            fused=cuda)
+    if args.compile == "on" and cuda:
+        model.compile_blocks()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05, fused=True)
     batch = synthetic_batch(args.batch_size, vin + vt, size, device)
     ins = {k: v[:, :vin] for k, v in batch.items()}
-    tgt = {k: v[:, vin:] for k, v in batch.items()}
+    tgt = batch if args.supervise_inputs == "on" else {k: v[:, vin:] for k, v in batch.items()}
     bg = torch.ones(3, device=device)
     amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda)
     timer = Timer(cuda)
@@ -100,13 +103,14 @@ def bench_preset(preset: str, args, device) -> dict:
         with amp:
             gaussians = model(ins["images"], ins["c2w"], ins["K"])
         r0 = timer.start()
-        out = GSLRM.render(gaussians, tgt["c2w"], tgt["K"], size, size, bg)
+        out = GSLRM.render(gaussians, tgt["c2w"], tgt["K"], size, size, bg, with_depth=False)
         r1 = timer.start()
         pred = out.rgb.permute(0, 1, 4, 2, 3)
         loss = losses.mse(pred, tgt["images"]) + 0.2 * (1 - losses.ssim(pred, tgt["images"]))
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.found_inf = (~torch.isfinite(norm)).float()
         opt.step()
         t1 = timer.start()
         if i >= args.warmup:
@@ -121,7 +125,7 @@ def bench_preset(preset: str, args, device) -> dict:
         for t in leaves:
             t.grad = None
         r0 = timer.start()
-        out = GSLRM.render(g, tgt["c2w"], tgt["K"], size, size, bg)
+        out = GSLRM.render(g, tgt["c2w"], tgt["K"], size, size, bg, with_depth=False)
         out.rgb.mean().backward()
         r1 = timer.start()
         if i >= args.warmup:
@@ -139,6 +143,9 @@ def bench_preset(preset: str, args, device) -> dict:
         "gaussians_per_sample": vin * size * size,
         "batch": args.batch_size,
         "grad_ckpt": gc,
+        "image_size": size,
+        "compile": args.compile == "on" and cuda,
+        "rendered_views": tgt["c2w"].shape[1],
         "attention": args.attention,
         "step_ms": step,
         "samples_per_s": samples_s,
@@ -163,6 +170,8 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=10, help="timed steps (median reported)")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--grad-checkpointing", choices=["on", "off"], default="off")
+    ap.add_argument("--compile", choices=["on", "off"], default="on", help="torch.compile the blocks (CUDA)")
+    ap.add_argument("--supervise-inputs", choices=["on", "off"], default="on", help="render inputs + targets")
     ap.add_argument("--attention", choices=["auto", "cudnn", "flash", "efficient", "math"],
                     default="auto", help="SDPA kernel tried first (GSLRMConfig.attention)")
     ap.add_argument("--peak-tflops", type=float, default=790.0,
@@ -205,10 +214,11 @@ def main() -> int:
 
     if results:
         print()
-        print("| preset | params | batch | ckpt | attention | step ms | samples/s | TFLOP/s | MFU | render fwd | render fwd+bwd | mem GiB |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        print("| preset | size | params | batch | ckpt | compile | attention | step ms | samples/s | TFLOP/s | MFU | render fwd | render fwd+bwd | mem GiB |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for r in results:
-            print(f"| {r['preset']} | {r['params_M']:.3g}M | {r['batch']} | {'on' if r['grad_ckpt'] else 'off'} "
+            print(f"| {r['preset']} | {r['image_size']}² | {r['params_M']:.3g}M | {r['batch']} | {'on' if r['grad_ckpt'] else 'off'} "
+                  f"| {'on' if r['compile'] else 'off'} "
                   f"| {r['attention']} | {r['step_ms']:.1f} | {r['samples_per_s']:.1f} | {r['achieved_TFLOPs']:.0f} "
                   f"| {100 * r['MFU']:.1f}% | {r['render_fwd_ms']:.1f} ms ({100 * r['render_fwd_share']:.0f}%) "
                   f"| {r['render_fwd_bwd_ms']:.1f} ms ({100 * r['render_fwd_bwd_share']:.0f}%) "
