@@ -273,3 +273,26 @@ def test_model_options_reach_the_model(tmp_path, views_root):
     with pytest.raises(ValueError, match="not GS-LRM settings"):
         _cfg(tmp_path, "bad", model_options={"colour": 1})
     shutil.rmtree(tmp_path / "opt")
+
+
+def test_a_failing_compile_falls_back_to_eager(caplog):
+    import logging
+
+    from zeroverse.lrm.train import _forward
+
+    torch.manual_seed(0)
+    model = GSLRM(GSLRMConfig.preset("tiny"))
+    c2w, K = _cameras(1, 4, 32)
+    inputs = {"images": torch.rand(1, 4, 3, 32, 32), "c2w": c2w, "K": K}
+    expect = model(inputs["images"], c2w, K).means
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no C compiler on this machine")
+
+    for block in model.blocks:
+        block._compiled_call_impl = broken
+    assert model.blocks_compiled
+    with caplog.at_level(logging.WARNING):
+        got = _forward(model, model, inputs, is_main=True).means
+    assert "torch.compile failed" in caplog.text and not model.blocks_compiled
+    assert torch.equal(got, expect)

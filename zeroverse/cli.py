@@ -7,6 +7,7 @@ Heavy packages (bpy, ray, torch) are imported inside the command that needs them
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -341,7 +342,8 @@ def train_lrm(root, model, preset, out, steps, batch_size, lr, warmup_steps, wei
         result = train(cfg)
     except (ValueError, FileExistsError, FileNotFoundError) as err:
         raise _fail(err) from err
-    click.echo(f"trained to step {result.step}; checkpoint {result.last_checkpoint}; metrics {result.metrics_path}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the run
+        click.echo(f"trained to step {result.step}; checkpoint {result.last_checkpoint}; metrics {result.metrics_path}")
 
 
 def _model_options(pairs: tuple[str, ...]) -> dict:

@@ -331,6 +331,14 @@ class GSLRM(nn.Module):
         for block in self.blocks:
             block.compile(dynamic=False)
 
+    @property
+    def blocks_compiled(self) -> bool:
+        return any(getattr(b, "_compiled_call_impl", None) is not None for b in self.blocks)
+
+    def uncompile_blocks(self) -> None:
+        for block in self.blocks:
+            block._compiled_call_impl = None
+
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 

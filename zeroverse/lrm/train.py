@@ -243,7 +243,7 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> TrainResult:
         inputs, targets = _split_views(batch, cfg.num_input_views, model_cfg.patch_size)
 
         with amp:
-            gaussians = ddp_model(inputs["images"], inputs["c2w"], inputs["K"])
+            gaussians = _forward(ddp_model, model, inputs, is_main)
         seen = _concat_views(inputs, targets) if cfg.supervise_inputs else targets
         H, W = seen["images"].shape[-2:]
         render = GSLRM.render(gaussians, seen["c2w"], seen["K"], H, W, background, with_depth=False)
@@ -338,6 +338,20 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> TrainResult:
 # --------------------------------------------------------------------------------------------
 # The recipe's schedules and batch shaping
 # --------------------------------------------------------------------------------------------
+
+
+def _forward(ddp_model: nn.Module, model: GSLRM, inputs: dict, is_main: bool):
+    """The model's forward; if torch.compile fails on this machine (no compiler, an unsupported
+    op), the blocks fall back to eager mode with a warning instead of ending the run."""
+    try:
+        return ddp_model(inputs["images"], inputs["c2w"], inputs["K"])
+    except Exception as err:
+        if not model.blocks_compiled:
+            raise
+        if is_main:
+            log.warning("torch.compile failed (%s: %s); training on without it", type(err).__name__, str(err)[:300])
+        model.uncompile_blocks()
+        return ddp_model(inputs["images"], inputs["c2w"], inputs["K"])
 
 
 class RunClock:
@@ -630,8 +644,9 @@ def _view_dataset(cfg: TrainConfig):
         num_target_views=cfg.num_target_views,
         resolution=cfg.image_size,
         seed=cfg.seed,
-        view_sampling=cfg.view_sampling,
-        layout_share=cfg.layout_share,
+        # G3R's config has neither: random views.
+        view_sampling=getattr(cfg, "view_sampling", "random"),
+        layout_share=getattr(cfg, "layout_share", 0.0),
     )
     return dataset, collate
 
