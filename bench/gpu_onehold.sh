@@ -3,7 +3,7 @@
 # One phase per call of the GPU machine (a call lasts at most 10 minutes; training runs in the
 # background between calls, started with setsid):
 #   data    training views (random rig + evaluation-layout views) on every GPU, held-out shapes
-#           and gso25 with the evaluation rig                                 (foreground)
+#           and gso25 with the evaluation rig                                  (background)
 #   train   bench/train.py (throughput), the main run on every GPU (torchrun/DDP, the clock
 #           schedule), then the ablation runs side by side, then every evaluation  (background)
 #   wait    returns when the background work is done or after WAIT seconds
@@ -22,9 +22,9 @@ if [ -n "${TOY:-}" ]; then  # CPU rehearsal
   : "${GSO_LIMIT:=2}" "${EVAL_RES:=32}" "${WARMUP:=2}" "${LOG:=2}" "${NPROC:=1}" "${BENCH:=}" "${WORKERS:=0}"
   : "${PY311:=.venv/bin/python}" "${PY312:=.venv/bin/python}"
 fi
-N=${N:-1500}; VIEWS=${VIEWS:-10}; LAYOUT=${LAYOUT:-4}; RES=${RES:-256}; PROCS=${PROCS:-24}; ENGINE=${ENGINE:-eevee}
+N=${N:-2000}; VIEWS=${VIEWS:-10}; LAYOUT=${LAYOUT:-4}; RES=${RES:-256}; PROCS=${PROCS:-24}; ENGINE=${ENGINE:-eevee}
 PRESET=${PRESET:-small}; BATCH=${BATCH:-8}; LR=${LR:-4e-4}; WARMUP=${WARMUP:-300}; LOWRES=${LOWRES:-128}
-MAIN_MIN=${MAIN_MIN:-10}; ABL_STEPS=${ABL_STEPS:-1200}; ABL_RES=${ABL_RES:-128}; LOG=${LOG:-25}
+MAIN_MIN=${MAIN_MIN:-9}; ABL_STEPS=${ABL_STEPS:-1000}; ABL_RES=${ABL_RES:-128}; LOG=${LOG:-25}
 HELDOUT=${HELDOUT:-25}; TARGETS=${TARGETS:-4}; EVAL_RES=${EVAL_RES:-256}; GSO=${GSO:-.device/gso25}; GSO_LIMIT=${GSO_LIMIT:-}
 WORKERS=${WORKERS:-8}; BENCH=${BENCH-1}
 mkdir -p "$W" "$OUT"
@@ -62,7 +62,16 @@ train_cmd() {  # train_cmd OUT ARGS...: one GS-LRM run of the recipe (defaults) 
 }
 
 case "$phase" in
-data)
+data)  # in the background (it can outlast one call); `wait` polls it
+  rm -f "$W/done"
+  setsid nohup bash "$0" data-fg > "$W/data.log" 2>&1 < /dev/null &
+  sleep 20; tail -n 3 "$W/data.log"
+  ;;
+data-fg)
+  if [ "$NGPU" -gt 0 ]; then  # per-GPU load while rendering: does every GPU render?
+    nvidia-smi --query-gpu=timestamp,index,utilization.gpu,memory.used --format=csv,noheader -lms 1000 > "$W/render_smi.csv" &
+    SMI=$!
+  fi
   t0=$(date +%s)
   $PY311 -m pipelines.local_pool generate --root "$W/data" --n "$N" --shard-size 64 --processes "$(nproc)"
   $PY311 -m pipelines.local_pool generate --root "$W/heldout" --n "$HELDOUT" --seed 1 --shard-size 64 --processes 4
@@ -77,7 +86,9 @@ data)
   t3=$(date +%s)
   views=$(( N * VIEWS ))
   printf '{"shapes": %d, "views": %d, "resolution": %d, "generate_s": %d, "render_s": %d, "views_per_s": %.1f, "gpus": %d, "processes": %d, "eval_views_s": %d}\n' \
-    "$N" "$views" "$RES" $((t1 - t0)) $((t2 - t1)) "$(echo "$views / ($t2 - $t1 + 0.001)" | bc -l)" "$NGPU" "$PROCS" $((t3 - t2)) | tee "$W/data.json"
+    "$N" "$views" "$RES" $((t1 - t0)) $((t2 - t1)) "$(python3 -c "print($views / max(1, $t2 - $t1))")" "$NGPU" "$PROCS" $((t3 - t2)) | tee "$W/data.json"
+  [ -n "${SMI:-}" ] && kill "$SMI" || true
+  echo done > "$W/done"
   ;;
 train)
   rm -f "$W/done"
@@ -86,7 +97,7 @@ set -x
 cd "$PWD"
 export PYTHONPATH="${PYTHONPATH:-$PWD}"
 [ -n "$BENCH" ] && $PY312 bench/train.py --presets small --image-size 128 --json "$W/bench_128.json" > "$W/bench_train.log" 2>&1
-[ -n "$BENCH" ] && $PY312 bench/train.py --presets small,base --json "$W/bench_256.json" >> "$W/bench_train.log" 2>&1
+[ -n "$BENCH" ] && $PY312 bench/train.py --presets small --json "$W/bench_256.json" >> "$W/bench_train.log" 2>&1
 t0=\$(date +%s)
 if [ "$NPROC" -gt 1 ]; then
   $PY312 -m torch.distributed.run --standalone --nproc_per_node "$NPROC" $(train_cmd "$W/main" --steps 1000000 --max-minutes "$MAIN_MIN" --schedule time --low-res "$LOWRES") > "$W/main.log" 2>&1
@@ -126,7 +137,7 @@ status)
 results)
   R="$W/results"; rm -rf "$R"; mkdir -p "$R"
   $PY312 bench/onehold_summary.py --work "$W" --out "$R" --ablations "$(printf '%s\n' "${ABLATIONS[@]}" | cut -d'|' -f1,2 | tr '\n' ';')"
-  for f in bench_train.log bench_128.json bench_256.json data.json main.log main_time.txt; do [ -f "$W/$f" ] && cp "$W/$f" "$R/"; done
+  for f in bench_train.log bench_128.json bench_256.json data.json data.log render_smi.csv main.log main_time.txt; do [ -f "$W/$f" ] && cp "$W/$f" "$R/"; done
   tar czf "$OUT/onehold.tgz" -C "$W" results
   cat "$R/summary.md"
   ;;
