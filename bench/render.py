@@ -6,8 +6,8 @@ one Blender each, so it also runs where Ray is absent (the GPU machine's Blender
   CPU here:      python bench/render.py --engine cycles --resolution 256 --procs 1
   GPU machine:   python3.11 bench/render.py --engine eevee --resolution 512 --procs 1,2,4
 
-Needs a generated root (`--root`, default: generates 48 shapes into a temporary root when Ray and
-the generator are available). Prints views/s (aggregate over processes, after each process
+Reads a generated root (`--root`; default: generates `--shapes` shapes into a temporary root on a
+local process pool). Prints views/s (aggregate over processes, after each process
 rendered one warm-up shape) and core-seconds per view; with --check, also compares the engine's
 depth and alpha against Cycles on CPU for one view.
 """
@@ -41,9 +41,8 @@ def _worker(args) -> dict:
         shapes_per_shard=len(shard_specs[0][2]),
     )
     shapes = Manifest.load(Path(root) / "shapes")
-    writer = ViewShardWriter(cfg, shapes)
-    # Read shapes from the source root, write views to this run's output root.
-    writer.shape_files = {sid: Path(root) / "shapes" / s["file"] for s in shapes.shards for sid in s["shape_ids"]}
+    # Shapes and the texture cache come from the prepared root, views go to this run's own root.
+    writer = ViewShardWriter(cfg, shapes, source_root=Path(root))
     first, last, ids = shard_specs[0]
     t0 = time.perf_counter()
     writer.render_shard(first, last, ids[:1])  # warm-up: shader compile, texture cache, kernels
@@ -56,6 +55,20 @@ def _worker(args) -> dict:
         views_done += record["rows"]
     end = time.perf_counter()
     return {"start": start, "end": end, "views": views_done, "cpu": time.process_time() - c0, "warmup": warmup}
+
+
+def make_root(root: Path, n: int) -> Path:
+    """A root of `n` shapes (seed 0) with its texture bank, generated on a local process pool:
+    no Ray needed, like the rest of this script."""
+    from pipelines.generate import GenerateConfig
+    from pipelines.local_pool import run_generate_local
+    from pipelines.texture_bank import prepare_bank
+    from zeroverse.recipe import RecipeConfig
+
+    bank = prepare_bank(root, None, RecipeConfig().texture_bank_size)
+    cfg = GenerateConfig(root=root, n=n, seed=0, shard_size=16, textures=bank.describe())
+    run_generate_local(cfg, min(4, os.cpu_count() or 1))
+    return root
 
 
 def run(root: Path, engine: str, resolution: int, samples: int, views: int, procs: int, threads: int, shards_per_proc: int, shapes_per_shard: int) -> dict:
@@ -120,7 +133,8 @@ def check_against_cycles(root: Path, engine: str, resolution: int) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description="End-to-end render throughput (views/s) per process count.")
-    p.add_argument("--root", type=Path, default=None, help="a generated root (default: make one with 48 shapes)")
+    p.add_argument("--root", type=Path, default=None, help="a generated root (default: generate --shapes shapes into a temporary one)")
+    p.add_argument("--shapes", type=int, default=48, help="shapes of the generated root when --root is not given")
     p.add_argument("--engine", default="cycles", choices=["cycles", "eevee", "workbench"])
     p.add_argument("--resolution", type=int, default=256)
     p.add_argument("--samples", type=int, default=None)
@@ -134,10 +148,7 @@ def main() -> None:
     samples = args.samples or (16 if args.engine == "eevee" else 8)
     root = args.root
     if root is None:
-        from pipelines.generate import GenerateConfig, run_generate
-
-        root = Path(tempfile.mkdtemp(prefix="zv-bench-root-"))
-        run_generate(GenerateConfig(root=root, n=48, seed=0, shard_size=16), progress=False)
+        root = make_root(Path(tempfile.mkdtemp(prefix="zv-bench-root-")), args.shapes)
     rows = [run(root, args.engine, args.resolution, samples, args.views, n, args.threads, args.shards_per_proc, args.shapes_per_shard) for n in (int(x) for x in args.procs.split(","))]
     print(f"render benchmark: engine {args.engine}, {args.resolution}², {samples} samples, {args.views} views/shape, "
           f"{args.threads} thread(s)/process, end to end (build + render + encode + write)")

@@ -215,18 +215,22 @@ class ViewShardWriter:
     """Renders view shards in one long-lived Blender. Ray-free: the farm wraps it in an actor,
     the GPU benchmark drives it from a plain process."""
 
-    def __init__(self, cfg: RenderConfig, shapes: Manifest):
+    def __init__(self, cfg: RenderConfig, shapes: Manifest, source_root: Location | None = None):
+        """`source_root`: the root whose shapes and texture cache are read (default cfg.root); the
+        benchmark reads a prepared root and writes its views elsewhere."""
         from blender_scripts.render_views import BlenderRenderer
 
         self.cfg = cfg
         self.seed = shapes.seed
         self.identity = cfg.identity(shapes)
+        source = cfg.root if source_root is None else source_root
+        self.shapes_dir = join(source, "shapes")
         self.shape_files = {sid: s["file"] for s in shapes.shards for sid in s["shape_ids"]}
         self.shape_records = {s["file"]: s for s in shapes.shards}
         self._verified: set[str] = set()  # shape shards are immutable once listed: hash each once
         from pipelines.texture_bank import open_bank
 
-        bank = open_bank(shapes.config.get("textures", {}), cfg.root)
+        bank = open_bank(shapes.config.get("textures", {}), source)
         self.renderer = BlenderRenderer(cfg.settings, bank.get)
         self.shapes_done = 0
 
@@ -237,7 +241,7 @@ class ViewShardWriter:
             files.setdefault(self.shape_files[sid], []).append(sid)
         for file, ids in files.items():
             self._verify(file)
-            table = read_table(join(self.cfg.shapes_dir, file), filters=[("shape_id", "in", ids)])
+            table = read_table(join(self.shapes_dir, file), filters=[("shape_id", "in", ids)])
             for row in table.to_pylist():
                 rows[row["shape_id"]] = row
         missing = sorted(set(shape_ids) - set(rows))
@@ -251,9 +255,9 @@ class ViewShardWriter:
         if file in self._verified:
             return
         record = self.shape_records[file]
-        why = listed_file_problem(self.cfg.shapes_dir, record, verify=True)
+        why = listed_file_problem(self.shapes_dir, record, verify=True)
         if why is not None:
-            where = join(self.cfg.shapes_dir, file)
+            where = join(self.shapes_dir, file)
             raise CorruptShapeShard(f"input shape shard {where} is corrupt ({why})", file, record["shape_ids"], why)
         self._verified.add(file)
 
