@@ -15,6 +15,7 @@ depth and alpha against Cycles on CPU for one view.
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 import os
 import shutil
@@ -22,39 +23,52 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from zeroverse.render_settings import RenderSettings  # noqa: E402
+from zeroverse.render_timing import format_table, per_view_medians  # noqa: E402
 
-def _worker(args) -> dict:
-    root, engine, resolution, samples, views, threads, shard_specs, barrier, out_dir = args
+
+@dataclass(frozen=True)
+class Job:
+    """One benchmark process: its shards (the first is the warm-up) and where it writes."""
+
+    root: str  # the prepared root (shapes, texture cache)
+    out: str  # the views root this process writes
+    settings: RenderSettings
+    views: int
+    shards: list  # [(first, last, shape_ids)]
+
+
+def _worker(job_and_barrier) -> dict:
+    job, barrier = job_and_barrier
     from pipelines.render import RenderConfig, ViewShardWriter
     from zeroverse.cameras import RigConfig
-    from zeroverse.render_settings import RenderSettings
     from zeroverse.shards import Manifest
 
-    cfg = RenderConfig(
-        root=Path(out_dir),
-        rig=RigConfig(num_views=views),
-        settings=RenderSettings(engine=engine, resolution=resolution, samples=samples, threads=threads),
-        shapes_per_shard=len(shard_specs[0][2]),
-    )
-    shapes = Manifest.load(Path(root) / "shapes")
+    cfg = RenderConfig(root=Path(job.out), rig=RigConfig(num_views=job.views), settings=job.settings, shapes_per_shard=len(job.shards[0][2]))
+    shapes = Manifest.load(Path(job.root) / "shapes")
     # Shapes and the texture cache come from the prepared root, views go to this run's own root.
-    writer = ViewShardWriter(cfg, shapes, source_root=Path(root))
-    first, last, ids = shard_specs[0]
+    writer = ViewShardWriter(cfg, shapes, source_root=Path(job.root))
+    first, last, ids = job.shards[0]
     t0 = time.perf_counter()
     writer.render_shard(first, last, ids[:1])  # warm-up: shader compile, texture cache, kernels
     warmup = time.perf_counter() - t0
     barrier.wait()
     start, c0 = time.perf_counter(), time.process_time()
-    views_done = 0
-    for first, last, ids in shard_specs[1:]:
+    views_done, stages = 0, []
+    for k, (first, last, ids) in enumerate(job.shards[1:]):
         record = writer.render_shard(first, last, ids)
         views_done += record["rows"]
+        if k == 0:  # the gap before the first timed shard is the barrier's wait, not a driver's
+            record["stages"]["seconds"].pop("driver", None)
+        stages.append(record["stages"])
     end = time.perf_counter()
-    return {"start": start, "end": end, "views": views_done, "cpu": time.process_time() - c0, "warmup": warmup}
+    writer.close()
+    return {"start": start, "end": end, "views": views_done, "cpu": time.process_time() - c0, "warmup": warmup, "stages": stages}
 
 
 def make_root(root: Path, n: int) -> Path:
@@ -71,7 +85,22 @@ def make_root(root: Path, n: int) -> Path:
     return root
 
 
-def run(root: Path, engine: str, resolution: int, samples: int, views: int, procs: int, threads: int, shards_per_proc: int, shapes_per_shard: int) -> dict:
+def warm_textures(root: Path, shape_ids: list[int]) -> None:
+    """Fills the root's texture cache with every texture these shapes use, so that the timed
+    `materials` stage is what a long farm run pays (read the cached texture, make the Blender
+    image and material), not the one-off procedural generation of each texture."""
+    from pipelines.texture_bank import open_bank
+    from zeroverse.shards import Manifest, read_shape_rows
+
+    bank = open_bank(Manifest.load(root / "shapes").config.get("textures", {}), root)
+    for row in read_shape_rows(root / "shapes", shape_ids):
+        for texture_id in set(row["region_textures"]):
+            bank.get(int(texture_id))
+
+
+def run(root: Path, settings: RenderSettings, views: int, procs: int, shards_per_proc: int, shapes_per_shard: int, keep: Path | None = None) -> dict:
+    """`procs` processes, each rendering a warm-up shape and then `shards_per_proc` shards; views
+    go to a temporary root (or to `keep`, e.g. to compare two runs' images)."""
     from pipelines.render import view_shard_plan
     from zeroverse.shards import Manifest
 
@@ -80,15 +109,17 @@ def run(root: Path, engine: str, resolution: int, samples: int, views: int, proc
     need = procs * (shards_per_proc + 1)
     if len(plan) < need:
         raise SystemExit(f"root has {len(plan)} shards of {shapes_per_shard} shapes; need {need} (generate more shapes)")
+    warm_textures(root, [sid for _, _, sids in plan[:need] for sid in sids])
     ctx = mp.get_context("spawn")
     barrier = ctx.Manager().Barrier(procs)
-    out = Path(tempfile.mkdtemp(prefix="zv-bench-render-"))
-    jobs = [(str(root), engine, resolution, samples, views, threads, plan[p * (shards_per_proc + 1):(p + 1) * (shards_per_proc + 1)], barrier, str(out)) for p in range(procs)]
+    out = keep if keep is not None else Path(tempfile.mkdtemp(prefix="zv-bench-render-"))
+    jobs = [(Job(str(root), str(out), settings, views, plan[p * (shards_per_proc + 1):(p + 1) * (shards_per_proc + 1)]), barrier) for p in range(procs)]
     try:
         with ctx.Pool(procs) as pool:
             results = pool.map(_worker, jobs)
     finally:
-        shutil.rmtree(out, ignore_errors=True)
+        if keep is None:
+            shutil.rmtree(out, ignore_errors=True)
     span = max(r["end"] for r in results) - min(r["start"] for r in results)
     total = sum(r["views"] for r in results)
     return {
@@ -97,6 +128,8 @@ def run(root: Path, engine: str, resolution: int, samples: int, views: int, proc
         "views_per_s": total / span,
         "core_s_per_view": sum(r["cpu"] for r in results) / total,
         "median_warmup_s": statistics.median(r["warmup"] for r in results),
+        # Median over every timed shard of every process, per view (render_timing.STAGES).
+        "stages_ms": {k: round(v * 1e3, 3) for k, v in per_view_medians([st for r in results for st in r["stages"]]).items()},
     }
 
 
@@ -137,26 +170,40 @@ def main() -> None:
     p.add_argument("--shapes", type=int, default=48, help="shapes of the generated root when --root is not given")
     p.add_argument("--engine", default="cycles", choices=["cycles", "eevee", "workbench"])
     p.add_argument("--resolution", type=int, default=256)
-    p.add_argument("--samples", type=int, default=None)
+    p.add_argument("--samples", type=int, default=None, help="default: EEVEE 16, Cycles 8")
+    p.add_argument("--denoise", action=argparse.BooleanOptionalAction, default=True, help="Cycles: OpenImageDenoise (--no-denoise to time the rest)")
     p.add_argument("--views", type=int, default=8)
     p.add_argument("--procs", default="1", help="comma-separated process counts, e.g. 1,2,4")
     p.add_argument("--threads", type=int, default=1, help="CPU threads per Blender process")
     p.add_argument("--shards-per-proc", type=int, default=2)
     p.add_argument("--shapes-per-shard", type=int, default=2)
     p.add_argument("--check", action="store_true", help="compare depth/alpha against Cycles for one view")
+    p.add_argument("--json", type=Path, default=None, help="also write the figures and the per-stage table here")
+    p.add_argument("--keep-views", type=Path, default=None, help="write the views here (one process count only) instead of a temporary root")
     args = p.parse_args()
     samples = args.samples or (16 if args.engine == "eevee" else 8)
+    procs = [int(x) for x in args.procs.split(",")]
+    if args.keep_views is not None and len(procs) > 1:
+        p.error("--keep-views takes one process count")
     root = args.root
     if root is None:
         root = make_root(Path(tempfile.mkdtemp(prefix="zv-bench-root-")), args.shapes)
-    rows = [run(root, args.engine, args.resolution, samples, args.views, n, args.threads, args.shards_per_proc, args.shapes_per_shard) for n in (int(x) for x in args.procs.split(","))]
-    print(f"render benchmark: engine {args.engine}, {args.resolution}², {samples} samples, {args.views} views/shape, "
+    settings = RenderSettings(engine=args.engine, resolution=args.resolution, samples=samples, denoise=args.denoise, threads=args.threads)
+    rows = [run(root, settings, args.views, n, args.shards_per_proc, args.shapes_per_shard, args.keep_views) for n in procs]
+    print(f"render benchmark: engine {args.engine}, {args.resolution}², {samples} samples{'' if args.denoise or args.engine != 'cycles' else ' (no denoising)'}, {args.views} views/shape, "
           f"{args.threads} thread(s)/process, end to end (build + render + encode + write)")
     print(f"{'processes':>9} {'views':>6} {'views/s':>9} {'core-s/view':>12} {'warm-up s':>10}")
     for r in rows:
         print(f"{r['procs']:>9} {r['views']:>6} {r['views_per_s']:>9.2f} {r['core_s_per_view']:>12.3f} {r['median_warmup_s']:>10.1f}")
+    print()
+    print(format_table({f"{r['procs']} proc": {k: v / 1e3 for k, v in r["stages_ms"].items()} for r in rows}))
+    report = {"settings": settings.to_dict(), "views_per_shape": args.views, "shapes_per_shard": args.shapes_per_shard, "runs": rows}
     if args.check:
-        print("check vs cycles:", check_against_cycles(root, args.engine, 128))
+        report["check_vs_cycles"] = check_against_cycles(root, args.engine, 128)
+        print("check vs cycles:", report["check_vs_cycles"])
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from zeroverse.cameras import CameraSet
 from zeroverse.imageio import read_exr_channels, srgb_encode
 from zeroverse.primitives import MeshArrays
 from zeroverse.render_settings import RenderSettings
+from zeroverse.render_timing import StageClock
 
 # Blender's camera looks down -Z with +Y up; OpenCV's looks down +Z with +Y down.
 _OPENCV_TO_BLENDER = np.diag([1.0, -1.0, -1.0, 1.0])
@@ -176,16 +177,19 @@ class BlenderRenderer:
             bpy.data.images.remove(old_image, do_unlink=True)
         return mat
 
-    def _add_shape(self, mesh: MeshArrays, region_textures: np.ndarray) -> bpy.types.Object:
-        obj = new_triangle_object(SHAPE_PREFIX, mesh.vertices, mesh.faces, mesh.uvs, mesh.regions)
-        data = obj.data
-        unique, slot_of_region = np.unique(region_textures, return_inverse=True)
-        for texture_id in unique.tolist():
-            data.materials.append(self._material(int(texture_id)))
-        data.polygons.foreach_set("material_index", slot_of_region[mesh.regions].astype(np.int32))
-        # Curved primitives shade smooth, box edges and cuts stay crisp.
-        data.shade_smooth()
-        data.set_sharp_from_angle(angle=math.radians(30.0))
+    def _add_shape(self, mesh: MeshArrays, region_textures: np.ndarray, clock: StageClock) -> bpy.types.Object:
+        with clock("scene"):
+            obj = new_triangle_object(SHAPE_PREFIX, mesh.vertices, mesh.faces, mesh.uvs, mesh.regions)
+            data = obj.data
+            unique, slot_of_region = np.unique(region_textures, return_inverse=True)
+        with clock("materials"):
+            for texture_id in unique.tolist():
+                data.materials.append(self._material(int(texture_id)))
+        with clock("scene"):
+            data.polygons.foreach_set("material_index", slot_of_region[mesh.regions].astype(np.int32))
+            # Curved primitives shade smooth, box edges and cuts stay crisp.
+            data.shade_smooth()
+            data.set_sharp_from_angle(angle=math.radians(30.0))
         return obj
 
     def clear_shape(self) -> None:
@@ -217,24 +221,37 @@ class BlenderRenderer:
         self._camera.data.clip_start = near
         self._camera.data.clip_end = far
 
-    def render_shape(self, mesh: MeshArrays, region_textures: np.ndarray, cameras: CameraSet) -> list[ViewArrays]:
-        """Renders every camera of `cameras`; leaves the scene empty again."""
+    def render_shape(self, mesh: MeshArrays, region_textures: np.ndarray, cameras: CameraSet, clock: StageClock | None = None) -> list[ViewArrays]:
+        """Renders every camera of `cameras`; leaves the scene empty again. `clock` (optional)
+        receives the seconds spent per stage (zeroverse.render_timing.STAGES)."""
         if cameras.width != self.settings.resolution or cameras.height != self.settings.resolution:
             raise ValueError(
                 f"cameras are {cameras.width}x{cameras.height} but the renderer makes {self.settings.resolution}^2 images"
             )
-        self.clear_shape()
-        self._add_shape(mesh, region_textures)
+        clock = StageClock() if clock is None else clock
+        with clock("scene"):
+            self.clear_shape()
+        self._add_shape(mesh, region_textures, clock)
         self.set_clip(cameras.near, cameras.far)
         views = []
         try:
             for c2w, intr, projection in zip(cameras.c2w, cameras.intrinsics, cameras.projections):
-                self._place_camera(c2w, intr, projection)
+                with clock("scene"):
+                    self._place_camera(c2w, intr, projection)
                 with quiet_stdout():
-                    bpy.ops.render.render(write_still=True)
-                views.append(_passes_to_view(read_exr_channels(self._exr)))
+                    # Render, then write the passes as a second step (same file as write_still=True)
+                    # so that the two are timed apart.
+                    with clock("render"):
+                        bpy.ops.render.render(write_still=False)
+                    with clock("pass_write"):
+                        bpy.data.images["Render Result"].save_render(self._exr, scene=bpy.context.scene)
+                with clock("pass_read"):
+                    channels = read_exr_channels(self._exr)
+                with clock("convert"):
+                    views.append(_passes_to_view(channels))
         finally:
-            self.clear_shape()
+            with clock("scene"):
+                self.clear_shape()
         return views
 
     def close(self) -> None:

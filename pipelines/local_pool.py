@@ -92,6 +92,7 @@ def run_render_local(cfg, processes: int):
     with mp.get_context("spawn").Pool(processes, initializer=_init_render, initargs=(cfg, shapes)) as pool:
         for record in pool.imap_unordered(_render_one, todo):
             record.pop("recycle", None)
+            result.stages.append(record.pop("stages"))
             _commit(views, cfg.views_dir, record)
             result.written.append(record["file"])
             result.failures.extend({"shape_id": f["shape_id"], "reason": f["reason"]} for f in record.pop("failed_details"))

@@ -30,6 +30,7 @@ from zeroverse.cameras import RigConfig, make_cameras, rig_rng
 from zeroverse.imageio import encode_array, encode_png
 from zeroverse.primitives import MeshArrays
 from zeroverse.render_settings import RenderSettings
+from zeroverse.render_timing import StageClock
 from zeroverse.shards import (
     VIEW_SCHEMA,
     Location,
@@ -182,16 +183,20 @@ def view_shard_plan(shape_ids: list[int], shapes_per_shard: int) -> list[tuple[i
     return [(k * shapes_per_shard, (k + 1) * shapes_per_shard - 1, ids) for k, ids in sorted(groups.items())]
 
 
-def encode_view_rows(shape_id: int, views: list, cameras, settings: RenderSettings) -> list[dict[str, Any]]:
+def encode_view_rows(shape_id: int, views: list, cameras, settings: RenderSettings, clock: StageClock | None = None) -> list[dict[str, Any]]:
     """Rendered views of one shape -> VIEW_SCHEMA rows (PNG and raw little-endian maps)."""
     from zeroverse.cameras import unproject_depth
 
+    clock = StageClock() if clock is None else clock
     rows = []
     for v, view in enumerate(views):
-        position = None
-        if settings.positions:
-            world = unproject_depth(view.depth, cameras.c2w[v], cameras.intrinsics[v], cameras.projections[v])
-            position = encode_array(world, "<f4")
+        with clock("png"):
+            rgba = encode_png(view.rgba, settings.png_level)
+        with clock("maps"):
+            depth, normal, position = encode_array(view.depth, "<f4"), encode_array(view.normal, "<f2"), None
+            if settings.positions:
+                world = unproject_depth(view.depth, cameras.c2w[v], cameras.intrinsics[v], cameras.projections[v])
+                position = encode_array(world, "<f4")
         rows.append(
             {
                 "shape_id": int(shape_id),
@@ -202,9 +207,9 @@ def encode_view_rows(shape_id: int, views: list, cameras, settings: RenderSettin
                 "height": cameras.height,
                 "c2w": cameras.c2w[v].astype(np.float32).reshape(-1).tolist(),
                 "intrinsics": cameras.intrinsics[v].astype(np.float32).tolist(),
-                "rgba": encode_png(view.rgba, settings.png_level),
-                "depth": encode_array(view.depth, "<f4"),
-                "normal": encode_array(view.normal, "<f2"),
+                "rgba": rgba,
+                "depth": depth,
+                "normal": normal,
                 "position": position,
             }
         )
@@ -233,6 +238,7 @@ class ViewShardWriter:
         bank = open_bank(shapes.config.get("textures", {}), source)
         self.renderer = BlenderRenderer(cfg.settings, bank.get)
         self.shapes_done = 0
+        self._returned_at: float | None = None  # end of the previous render_shard: the gap to the next is the driver's
 
     def _read_shapes(self, shape_ids: list[int]) -> dict[int, dict[str, Any]]:
         rows: dict[int, dict[str, Any]] = {}
@@ -261,26 +267,34 @@ class ViewShardWriter:
             raise CorruptShapeShard(f"input shape shard {where} is corrupt ({why})", file, record["shape_ids"], why)
         self._verified.add(file)
 
-    def render_rows(self, row: dict[str, Any]) -> list[dict[str, Any]]:
+    def render_rows(self, row: dict[str, Any], clock: StageClock | None = None) -> list[dict[str, Any]]:
         """All view rows of one shape (images encoded here, in the worker)."""
         s, sid = self.cfg.settings, int(row["shape_id"])
+        clock = StageClock() if clock is None else clock
         inject("render", sid)
         mesh, textures = shape_mesh(row)
         bound = float(np.linalg.norm(mesh.vertices, axis=1).max())
         cameras = make_cameras(self.cfg.rig, rig_rng(self.seed, sid), s.resolution, bound)
         self.renderer.set_light(*shape_light(s, self.seed, sid))
-        return encode_view_rows(sid, self.renderer.render_shape(mesh, textures, cameras), cameras, s)
+        views = self.renderer.render_shape(mesh, textures, cameras, clock)
+        return encode_view_rows(sid, views, cameras, s, clock)
 
     def render_shard(self, first: int, last: int, shape_ids: list[int], on_views: Callable[[int], None] | None = None) -> dict[str, Any]:
         """Renders `shape_ids` (all within [first, last]) into one view shard; a shape that raises
-        is retried once in a reset scene, then left out and reported in `failed`."""
+        is retried once in a reset scene, then left out and reported in `failed`. The record's
+        `stages` holds the seconds spent per stage (zeroverse.render_timing.STAGES) and the
+        views they cover; drivers take it out before the record reaches the manifest."""
         started = time.perf_counter()
-        shapes = self._read_shapes(shape_ids)
+        clock = StageClock()
+        if self._returned_at is not None:
+            clock.add("driver", started - self._returned_at)
+        with clock("read_shapes"):
+            shapes = self._read_shapes(shape_ids)
         rows, group_rows, done, failed = [], [], [], []
         for sid in shape_ids:
             for attempt in (1, 2):
                 try:
-                    view_rows = self.render_rows(shapes[sid])
+                    view_rows = self.render_rows(shapes[sid], clock)
                     break
                 except Exception as err:  # noqa: BLE001 - one bad shape must not sink the shard
                     self.renderer.clear_shape()
@@ -295,18 +309,23 @@ class ViewShardWriter:
             done.append(sid)
             if on_views is not None:
                 on_views(len(view_rows))
-        table = pa.Table.from_pylist(rows, schema=VIEW_SCHEMA) if rows else VIEW_SCHEMA.empty_table()
-        meta = file_metadata("views", self.identity, self.seed, {"render": self.cfg.settings.to_dict()})
-        record = write_shard(table, join(self.cfg.views_dir, shard_name("views", first, last)), meta, row_group_rows=group_rows)
+        with clock("parquet"):
+            table = pa.Table.from_pylist(rows, schema=VIEW_SCHEMA) if rows else VIEW_SCHEMA.empty_table()
+            meta = file_metadata("views", self.identity, self.seed, {"render": self.cfg.settings.to_dict()})
+            record = write_shard(table, join(self.cfg.views_dir, shard_name("views", first, last)), meta, row_group_rows=group_rows)
+        seconds = time.perf_counter() - started
+        clock.add("other", max(0.0, seconds - sum(v for k, v in clock.seconds.items() if k != "driver")))
         record.update(
             first=first,
             last=last,
             rows=len(rows),
             shape_ids=done,
             failed=failed,
-            seconds=round(time.perf_counter() - started, 3),
+            seconds=round(seconds, 3),
             recycle=self.should_recycle(),
+            stages={"views": len(rows), "seconds": clock.seconds},
         )
+        self._returned_at = time.perf_counter()
         return record
 
     def should_recycle(self) -> bool:
@@ -336,6 +355,7 @@ class RenderResult:
     retries: int = 0
     workers_started: int = 0
     archived: Path | None = None  # where new_version put the previous views
+    stages: list[dict[str, Any]] = field(default_factory=list)  # per shard: {"views", "seconds": {stage: s}}
 
 
 def pending_shards(views: Manifest, plan: list[tuple[int, int, list[int]]]) -> tuple[list[tuple[int, int, list[int]]], int]:
@@ -517,6 +537,7 @@ def run_render(
                         replace(actor)
                     else:
                         idle.append(actor)
+                    result.stages.append(record.pop("stages"))
                     _commit(views, views_dir, record)
                     result.written.append(record["file"])
                     result.failures.extend({"shape_id": f["shape_id"], "reason": f["reason"]} for f in record["failed_details"])
@@ -571,6 +592,7 @@ def _ledger(manifest: Manifest, shape_ids: list[int], reason: str) -> list[dict[
 
 
 def _commit(manifest: Manifest, directory: Location, record: dict[str, Any]) -> None:
+    record.pop("stages", None)  # timings vary run to run: the manifest must not
     failed = record.pop("failed")
     record["failed"] = [f["shape_id"] for f in failed]
     record["failed_details"] = failed
