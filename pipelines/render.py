@@ -284,10 +284,10 @@ class ViewShardWriter:
         is retried once in a reset scene, then left out and reported in `failed`. The record's
         `stages` holds the seconds spent per stage (zeroverse.render_timing.STAGES) and the
         views they cover; drivers take it out before the record reaches the manifest."""
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.thread_time()
         clock = StageClock()
         if self._returned_at is not None:
-            clock.add("driver", started - self._returned_at)
+            clock.add("driver", started - self._returned_at)  # no CPU of this process: it was waiting
         with clock("read_shapes"):
             shapes = self._read_shapes(shape_ids)
         rows, group_rows, done, failed = [], [], [], []
@@ -314,7 +314,8 @@ class ViewShardWriter:
             meta = file_metadata("views", self.identity, self.seed, {"render": self.cfg.settings.to_dict()})
             record = write_shard(table, join(self.cfg.views_dir, shard_name("views", first, last)), meta, row_group_rows=group_rows)
         seconds = time.perf_counter() - started
-        clock.add("other", max(0.0, seconds - sum(v for k, v in clock.seconds.items() if k != "driver")))
+        clock.add("other", max(0.0, seconds - sum(v for k, v in clock.seconds.items() if k != "driver")),
+                  max(0.0, time.thread_time() - cpu_started - sum(clock.cpu_seconds.values())))
         record.update(
             first=first,
             last=last,
@@ -323,7 +324,7 @@ class ViewShardWriter:
             failed=failed,
             seconds=round(seconds, 3),
             recycle=self.should_recycle(),
-            stages={"views": len(rows), "seconds": clock.seconds},
+            stages=clock.record(len(rows)),
         )
         self._returned_at = time.perf_counter()
         return record

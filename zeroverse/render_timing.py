@@ -1,9 +1,14 @@
 """Where one rendered view's time goes: per-stage accumulators for the render worker (pure
 Python; Blender's Python imports it too) and the median-per-view table the benchmark prints.
 
-A worker sums seconds per stage over a shard (two perf_counter reads per timed block, nothing
-printed per view) and returns the sums with the shard's record; the benchmark divides by the
-shard's views and takes medians over shards.
+A worker sums seconds per stage over a shard (wall and CPU clocks read twice per timed block,
+nothing printed per view) and returns the sums with the shard's record; the benchmark divides by
+the shard's views and takes medians over shards.
+
+CPU time is the calling thread's (time.thread_time): it says whether a stage computes or waits
+(an EEVEE render call that burns as much CPU as wall time is a driver spinning on the GPU) and
+stays meaningful on a busy machine where wall times stretch. Threads Blender starts itself
+(Cycles' render threads) are not in it: the run's core-seconds per view count everything.
 """
 
 from __future__ import annotations
@@ -31,35 +36,46 @@ STAGES: dict[str, str] = {
 
 
 class StageClock:
-    """Seconds per stage, summed over every timed block: `with clock("render"): ...`."""
+    """Wall and CPU seconds per stage, summed over every timed block: `with clock("render"): ...`."""
 
-    __slots__ = ("seconds",)
+    __slots__ = ("seconds", "cpu_seconds")
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
+        self.cpu_seconds: dict[str, float] = {}
 
-    def add(self, stage: str, seconds: float) -> None:
+    def add(self, stage: str, seconds: float, cpu_seconds: float = 0.0) -> None:
         self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
+        self.cpu_seconds[stage] = self.cpu_seconds.get(stage, 0.0) + cpu_seconds
 
     @contextlib.contextmanager
     def __call__(self, stage: str) -> Iterator[None]:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.thread_time()
         try:
             yield
         finally:
-            self.add(stage, time.perf_counter() - start)
+            self.add(stage, time.perf_counter() - start, time.thread_time() - cpu)
+
+    def merge(self, other: "StageClock") -> None:
+        for stage, seconds in other.seconds.items():
+            self.add(stage, seconds, other.cpu_seconds.get(stage, 0.0))
+
+    def record(self, views: int) -> dict:
+        """What a shard record carries: {"views", "seconds": {stage: s}, "cpu_seconds": {...}}."""
+        return {"views": views, "seconds": dict(self.seconds), "cpu_seconds": dict(self.cpu_seconds)}
 
 
-def per_view_medians(shards: list[dict]) -> dict[str, float]:
-    """[{"views": n, "seconds": {stage: s}}, ...] (one per shard) -> {stage: median over shards of
-    seconds per view}, in STAGES order, plus "total" (the median of the per-shard sums)."""
-    shards = [s for s in shards if s.get("views")]
+def per_view_medians(shards: list[dict], key: str = "seconds") -> dict[str, float]:
+    """[StageClock.record(...), ...] (one per shard) -> {stage: median over shards of seconds per
+    view} of `key` ("seconds": wall, "cpu_seconds": CPU), in STAGES order, plus "total" (the
+    median of the per-shard sums)."""
+    shards = [s for s in shards if s.get("views") and key in s]
     if not shards:
         return {}
-    names = [k for k in STAGES if any(k in s["seconds"] for s in shards)]
-    names += sorted({k for s in shards for k in s["seconds"]} - set(names))
-    out = {k: statistics.median(s["seconds"].get(k, 0.0) / s["views"] for s in shards) for k in names}
-    out["total"] = statistics.median(sum(s["seconds"].values()) / s["views"] for s in shards)
+    names = [k for k in STAGES if any(k in s[key] for s in shards)]
+    names += sorted({k for s in shards for k in s[key]} - set(names))
+    out = {k: statistics.median(s[key].get(k, 0.0) / s["views"] for s in shards) for k in names}
+    out["total"] = statistics.median(sum(s[key].values()) / s["views"] for s in shards)
     return out
 
 
