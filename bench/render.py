@@ -29,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from zeroverse.render_settings import RenderSettings  # noqa: E402
-from zeroverse.render_timing import format_table, per_view_medians  # noqa: E402
+from zeroverse.render_timing import format_table, overlapped_stages, per_view_medians  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -132,6 +132,7 @@ def run(root: Path, settings: RenderSettings, views: int, procs: int, shards_per
         # Median over every timed shard of every process, per view (render_timing.STAGES).
         "stages_ms": {k: round(v * 1e3, 3) for k, v in per_view_medians([st for r in results for st in r["stages"]]).items()},
         "stages_cpu_ms": {k: round(v * 1e3, 3) for k, v in per_view_medians([st for r in results for st in r["stages"]], "cpu_seconds").items()},
+        "stage_records": [st for r in results for st in r["stages"]],
     }
 
 
@@ -166,8 +167,65 @@ def check_against_cycles(root: Path, engine: str, resolution: int) -> dict:
     }
 
 
+def compare_view_roots(old: Path, new: Path) -> dict:
+    """Largest differences between two views roots of the same shapes and cameras: RGBA (8-bit
+    steps), depth (relative, where both are covered; plus pixels covered in one only) and
+    normals (absolute, where both are covered)."""
+    import io
+
+    import numpy as np
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    out = {"views": 0, "rgba_max_abs": 0, "rgba_differing_values": 0, "depth_max_rel": 0.0, "coverage_mismatch_px": 0, "normal_max_abs": 0.0}
+    files = sorted(f.name for f in (old / "views").glob("*.parquet"))  # the benchmark writes shards, no manifest
+    if not files or files != sorted(f.name for f in (new / "views").glob("*.parquet")):
+        raise SystemExit(f"{old} and {new} hold other view shards")
+    for name in files:
+        a, b = (pq.read_table(root / "views" / name).to_pylist() for root in (old, new))
+        if [(r["shape_id"], r["view"]) for r in a] != [(r["shape_id"], r["view"]) for r in b]:
+            raise SystemExit(f"{name}: the two runs hold other views")
+        for ra, rb in zip(a, b):
+            h, w = ra["height"], ra["width"]
+            rgba = [np.asarray(Image.open(io.BytesIO(r["rgba"])).convert("RGBA"), np.int16) for r in (ra, rb)]
+            depth = [np.frombuffer(r["depth"], "<f4").reshape(h, w) for r in (ra, rb)]
+            normal = [np.frombuffer(r["normal"], "<f2").reshape(h, w, 3).astype(np.float32) for r in (ra, rb)]
+            both = (depth[0] > 0) & (depth[1] > 0)
+            diff = np.abs(rgba[0] - rgba[1])
+            out["views"] += 1
+            out["rgba_max_abs"] = max(out["rgba_max_abs"], int(diff.max()))
+            out["rgba_differing_values"] += int((diff > 0).sum())
+            out["coverage_mismatch_px"] += int(((depth[0] > 0) != (depth[1] > 0)).sum())
+            if both.any():
+                rel = np.abs(depth[0][both] - depth[1][both]) / depth[0][both]
+                out["depth_max_rel"] = max(out["depth_max_rel"], float(rel.max()))
+                out["normal_max_abs"] = max(out["normal_max_abs"], float(np.abs(normal[0][both] - normal[1][both]).max()))
+    return out
+
+
+def run_baseline(rev: str, root: Path, args, keep: Path) -> dict:
+    """The same benchmark with the code of git revision `rev` (exported with `git archive`), in
+    a process of its own; returns its --json report. `rev` must have --json and --keep-views."""
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    src = keep.parent / f"src-{rev}"
+    if not src.exists():
+        src.mkdir(parents=True)
+        archive = subprocess.run(["git", "-C", str(repo), "archive", rev], check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+    report = keep.parent / f"baseline-{keep.name}.json"
+    cmd = [sys.executable, str(src / "bench" / "render.py"), "--root", str(root), "--engine", args.engine, "--resolution", str(args.resolution),
+           "--samples", str(args.samples_resolved), "--views", str(args.views), "--procs", args.procs, "--threads", str(args.threads),
+           "--shards-per-proc", str(args.shards_per_proc), "--shapes-per-shard", str(args.shapes_per_shard),
+           "--denoise" if args.denoise else "--no-denoise", "--json", str(report), "--keep-views", str(keep)]  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=str(src))
+    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+    return json.loads(report.read_text())["runs"][0]
+
+
 def main() -> None:
-    p = argparse.ArgumentParser(description="End-to-end render throughput (views/s) per process count.")
+    p = argparse.ArgumentParser(description="End-to-end render throughput (views/s) per process count, and where a view's time goes.")
     p.add_argument("--root", type=Path, default=None, help="a generated root (default: generate --shapes shapes into a temporary one)")
     p.add_argument("--shapes", type=int, default=48, help="shapes of the generated root when --root is not given")
     p.add_argument("--engine", default="cycles", choices=["cycles", "eevee", "workbench"])
@@ -182,28 +240,58 @@ def main() -> None:
     p.add_argument("--check", action="store_true", help="compare depth/alpha against Cycles for one view")
     p.add_argument("--json", type=Path, default=None, help="also write the figures and the per-stage table here")
     p.add_argument("--keep-views", type=Path, default=None, help="write the views here (one process count only) instead of a temporary root")
+    p.add_argument("--baseline", default=None, metavar="REV",
+                   help="also run git revision REV's code on the same shapes (alternating, --rounds times), print both "
+                        "tables side by side and the largest image differences between the two")  # fmt: skip
+    p.add_argument("--rounds", type=int, default=1, help="with --baseline: old/new pairs to run (medians over rounds)")
     args = p.parse_args()
-    samples = args.samples or (16 if args.engine == "eevee" else 8)
+    args.samples_resolved = samples = args.samples or (16 if args.engine == "eevee" else 8)
     procs = [int(x) for x in args.procs.split(",")]
-    if args.keep_views is not None and len(procs) > 1:
-        p.error("--keep-views takes one process count")
+    if (args.keep_views is not None or args.baseline) and len(procs) > 1:
+        p.error("--keep-views and --baseline take one process count")
     root = args.root
     if root is None:
         root = make_root(Path(tempfile.mkdtemp(prefix="zv-bench-root-")), args.shapes)
     settings = RenderSettings(engine=args.engine, resolution=args.resolution, samples=samples, denoise=args.denoise, threads=args.threads)
-    rows = [run(root, settings, args.views, n, args.shards_per_proc, args.shapes_per_shard, args.keep_views) for n in procs]
+    report = {"settings": settings.to_dict(), "views_per_shape": args.views, "shapes_per_shard": args.shapes_per_shard}
     print(f"render benchmark: engine {args.engine}, {args.resolution}², {samples} samples{'' if args.denoise or args.engine != 'cycles' else ' (no denoising)'}, {args.views} views/shape, "
           f"{args.threads} thread(s)/process, end to end (build + render + encode + write)")
-    print(f"{'processes':>9} {'views':>6} {'views/s':>9} {'core-s/view':>12} {'warm-up s':>10}")
-    for r in rows:
-        print(f"{r['procs']:>9} {r['views']:>6} {r['views_per_s']:>9.2f} {r['core_s_per_view']:>12.3f} {r['median_warmup_s']:>10.1f}")
-    print()
-    columns = {}
-    for r in rows:
-        columns[f"{r['procs']}p wall"] = {k: v / 1e3 for k, v in r["stages_ms"].items()}
-        columns[f"{r['procs']}p CPU"] = {k: v / 1e3 for k, v in r["stages_cpu_ms"].items()}
-    print(format_table(columns))
-    report = {"settings": settings.to_dict(), "views_per_shape": args.views, "shapes_per_shard": args.shapes_per_shard, "runs": rows}
+    if args.baseline:
+        work = Path(tempfile.mkdtemp(prefix="zv-bench-compare-"))
+        old_runs, new_runs = [], []
+        try:
+            for k in range(args.rounds):
+                old_runs.append(run_baseline(args.baseline, root, args, work / f"old-{k}"))
+                new_runs.append(run(root, settings, args.views, procs[0], args.shards_per_proc, args.shapes_per_shard, work / f"new-{k}"))
+            images = compare_view_roots(work / "old-0", work / "new-0")
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        medians = {}
+        for side, runs in (("old", old_runs), ("new", new_runs)):
+            for key, title in (("stages_ms", "wall"), ("stages_cpu_ms", "CPU")):
+                stages = {k for r in runs for k in r[key]}
+                medians[f"{side} {title}"] = {k: statistics.median(r[key][k] for r in runs if k in r[key]) / 1e3 for k in stages}
+            medians[f"{side} views/s"] = statistics.median(r["views_per_s"] for r in runs)
+            medians[f"{side} core-s/view"] = statistics.median(r["core_s_per_view"] for r in runs)
+        print(f"{procs[0]} process(es), {args.rounds} round(s) of old ({args.baseline}) then new, medians over rounds")
+        for side in ("old", "new"):
+            print(f"{side}: {medians[f'{side} views/s']:.2f} views/s, {medians[f'{side} core-s/view']:.3f} core-s/view")
+        columns = {t: medians[t] for t in ("old wall", "new wall", "old CPU", "new CPU")}
+        print(format_table(columns, overlapped_stages([st for r in new_runs for st in r["stage_records"]])))
+        print("images, old vs new:", images)
+        report.update(baseline=args.baseline, rounds=args.rounds, old=old_runs, new=new_runs, medians=medians, images=images)
+    else:
+        rows = [run(root, settings, args.views, n, args.shards_per_proc, args.shapes_per_shard, args.keep_views) for n in procs]
+        print(f"{'processes':>9} {'views':>6} {'views/s':>9} {'core-s/view':>12} {'warm-up s':>10}")
+        for r in rows:
+            print(f"{r['procs']:>9} {r['views']:>6} {r['views_per_s']:>9.2f} {r['core_s_per_view']:>12.3f} {r['median_warmup_s']:>10.1f}")
+        print()
+        columns = {}
+        for r in rows:
+            columns[f"{r['procs']}p wall"] = {k: v / 1e3 for k, v in r["stages_ms"].items()}
+            columns[f"{r['procs']}p CPU"] = {k: v / 1e3 for k, v in r["stages_cpu_ms"].items()}
+        print(format_table(columns, overlapped_stages([st for r in rows for st in r["stage_records"]])))
+        report["runs"] = rows
     if args.check:
         report["check_vs_cycles"] = check_against_cycles(root, args.engine, 128)
         print("check vs cycles:", report["check_vs_cycles"])

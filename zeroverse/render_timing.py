@@ -29,6 +29,7 @@ STAGES: dict[str, str] = {
     "convert": "pass conversion: sRGB, alpha/depth edges, normals",
     "png": "RGBA PNG encode",
     "maps": "depth / normal (/ position) encode",
+    "encode_wait": "waiting for the encode thread (a shape's last view)",
     "parquet": "table + Parquet write (zstd, atomic)",
     "other": "rest of the worker (cameras, Python)",
     "driver": "outside the worker call (driver, dispatch, idle)",
@@ -36,13 +37,16 @@ STAGES: dict[str, str] = {
 
 
 class StageClock:
-    """Wall and CPU seconds per stage, summed over every timed block: `with clock("render"): ...`."""
+    """Wall and CPU seconds per stage, summed over every timed block: `with clock("render"): ...`.
+    Stages merged from another thread's clock with `overlapped=True` ran beside this thread's:
+    their CPU adds to the cost of a view, their wall time does not add to its duration."""
 
-    __slots__ = ("seconds", "cpu_seconds")
+    __slots__ = ("seconds", "cpu_seconds", "overlapped")
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
         self.cpu_seconds: dict[str, float] = {}
+        self.overlapped: set[str] = set()
 
     def add(self, stage: str, seconds: float, cpu_seconds: float = 0.0) -> None:
         self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
@@ -56,39 +60,58 @@ class StageClock:
         finally:
             self.add(stage, time.perf_counter() - start, time.thread_time() - cpu)
 
-    def merge(self, other: "StageClock") -> None:
+    def merge(self, other: "StageClock", overlapped: bool = False) -> None:
         for stage, seconds in other.seconds.items():
             self.add(stage, seconds, other.cpu_seconds.get(stage, 0.0))
+        if overlapped:
+            self.overlapped.update(other.seconds)
+
+    def serial_seconds(self) -> float:
+        """Wall seconds of this thread's own stages (overlapped ones and the driver's gap left out)."""
+        return sum(v for k, v in self.seconds.items() if k not in self.overlapped and k != "driver")
 
     def record(self, views: int) -> dict:
-        """What a shard record carries: {"views", "seconds": {stage: s}, "cpu_seconds": {...}}."""
-        return {"views": views, "seconds": dict(self.seconds), "cpu_seconds": dict(self.cpu_seconds)}
+        """What a shard record carries: {"views", "seconds": {stage: s}, "cpu_seconds": {...},
+        "overlapped": [stages that ran in another thread]}."""
+        return {"views": views, "seconds": dict(self.seconds), "cpu_seconds": dict(self.cpu_seconds), "overlapped": sorted(self.overlapped)}
 
 
 def per_view_medians(shards: list[dict], key: str = "seconds") -> dict[str, float]:
     """[StageClock.record(...), ...] (one per shard) -> {stage: median over shards of seconds per
-    view} of `key` ("seconds": wall, "cpu_seconds": CPU), in STAGES order, plus "total" (the
-    median of the per-shard sums)."""
+    view} of `key` ("seconds": wall, "cpu_seconds": CPU), in STAGES order, plus "total": the
+    median of the per-shard sums (for wall time, without the overlapped stages)."""
     shards = [s for s in shards if s.get("views") and key in s]
     if not shards:
         return {}
     names = [k for k in STAGES if any(k in s[key] for s in shards)]
     names += sorted({k for s in shards for k in s[key]} - set(names))
     out = {k: statistics.median(s[key].get(k, 0.0) / s["views"] for s in shards) for k in names}
-    out["total"] = statistics.median(sum(s[key].values()) / s["views"] for s in shards)
+
+    def total(s: dict) -> float:
+        skip = set(s.get("overlapped", ())) if key == "seconds" else set()
+        return sum(v for k, v in s[key].items() if k not in skip) / s["views"]
+
+    out["total"] = statistics.median(total(s) for s in shards)
     return out
 
 
-def format_table(columns: dict[str, dict[str, float]]) -> str:
-    """{column title: per_view_medians(...)} -> a text table in milliseconds per view."""
-    names = []
+def overlapped_stages(shards: list[dict]) -> set[str]:
+    return {k for s in shards for k in s.get("overlapped", ())}
+
+
+def format_table(columns: dict[str, dict[str, float]], overlapped: set[str] = frozenset()) -> str:
+    """{column title: per_view_medians(...)} -> a text table in milliseconds per view; stages in
+    `overlapped` are starred (their wall time is not in the wall total)."""
+    names = [k for k in STAGES if any(k in m for m in columns.values())]
     for medians in columns.values():
         names += [k for k in medians if k not in names and k != "total"]
     names.append("total")
-    width = max(len(t) for t in columns) + 2
-    lines = [f"{'stage (median ms per view)':<58}" + "".join(f"{t:>{max(width, 10)}}" for t in columns)]
+    width = max(10, max(len(t) for t in columns) + 2)
+    lines = [f"{'stage (median ms per view)':<58}" + "".join(f"{t:>{width}}" for t in columns)]
     for k in names:
-        label = f"{k}: {STAGES[k]}" if k in STAGES else k
-        cells = "".join(f"{medians[k] * 1e3:>{max(width, 10)}.2f}" if k in medians else f"{'-':>{max(width, 10)}}" for medians in columns.values())
+        label = ("*" if k in overlapped else "") + (f"{k}: {STAGES[k]}" if k in STAGES else k)
+        cells = "".join(f"{medians[k] * 1e3:>{width}.2f}" if k in medians else f"{'-':>{width}}" for medians in columns.values())
         lines.append(f"{label[:57]:<58}" + cells)
+    if overlapped:
+        lines.append("* in the encode thread, beside the next view's render: CPU counts, wall is not in the total")
     return "\n".join(lines)
