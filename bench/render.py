@@ -28,6 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from zeroverse.gpu_devices import parse_gpu_list  # noqa: E402
 from zeroverse.render_settings import RenderSettings  # noqa: E402
 from zeroverse.render_timing import format_table, overlapped_stages, per_view_medians  # noqa: E402
 
@@ -41,6 +42,7 @@ class Job:
     settings: RenderSettings
     views: int
     shards: list  # [(first, last, shape_ids)]
+    device: int | None = None  # physical GPU (zeroverse.gpu_devices), None: no binding
 
 
 def _worker(job_and_barrier) -> dict:
@@ -52,7 +54,7 @@ def _worker(job_and_barrier) -> dict:
     cfg = RenderConfig(root=Path(job.out), rig=RigConfig(num_views=job.views), settings=job.settings, shapes_per_shard=len(job.shards[0][2]))
     shapes = Manifest.load(Path(job.root) / "shapes")
     # Shapes and the texture cache come from the prepared root, views go to this run's own root.
-    writer = ViewShardWriter(cfg, shapes, source_root=Path(job.root))
+    writer = ViewShardWriter(cfg, shapes, source_root=Path(job.root), device=job.device)
     first, last, ids = job.shards[0]
     t0 = time.perf_counter()
     writer.render_shard(first, last, ids[:1])  # warm-up: shader compile, texture cache, kernels
@@ -68,8 +70,9 @@ def _worker(job_and_barrier) -> dict:
                 times.pop("driver", None)
         stages.append(record["stages"])
     end = time.perf_counter()
+    device = {**writer.renderer.device_report(), "binding": writer.binding}
     writer.close()
-    return {"start": start, "end": end, "views": views_done, "cpu": time.process_time() - c0, "warmup": warmup, "stages": stages}
+    return {"start": start, "end": end, "views": views_done, "cpu": time.process_time() - c0, "warmup": warmup, "stages": stages, "device": device}
 
 
 def make_root(root: Path, n: int) -> Path:
@@ -99,9 +102,13 @@ def warm_textures(root: Path, shape_ids: list[int]) -> None:
             bank.get(int(texture_id))
 
 
-def run(root: Path, settings: RenderSettings, views: int, procs: int, shards_per_proc: int, shapes_per_shard: int, keep: Path | None = None) -> dict:
+def run(root: Path, settings: RenderSettings, views: int, procs: int, shards_per_proc: int, shapes_per_shard: int, keep: Path | None = None,
+        gpus: list[int] | None = None) -> dict:
     """`procs` processes, each rendering a warm-up shape and then `shards_per_proc` shards; views
-    go to a temporary root (or to `keep`, e.g. to compare two runs' images)."""
+    go to a temporary root (or to `keep`, e.g. to compare two runs' images). With `gpus`,
+    process p renders on gpus[p % len(gpus)] (as CUDA numbers them here)."""
+    from zeroverse.gpu_devices import pool_worker_device
+
     from pipelines.render import view_shard_plan
     from zeroverse.shards import Manifest
 
@@ -114,7 +121,9 @@ def run(root: Path, settings: RenderSettings, views: int, procs: int, shards_per
     ctx = mp.get_context("spawn")
     barrier = ctx.Manager().Barrier(procs)
     out = keep if keep is not None else Path(tempfile.mkdtemp(prefix="zv-bench-render-"))
-    jobs = [(Job(str(root), str(out), settings, views, plan[p * (shards_per_proc + 1):(p + 1) * (shards_per_proc + 1)]), barrier) for p in range(procs)]
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    jobs = [(Job(str(root), str(out), settings, views, plan[p * (shards_per_proc + 1):(p + 1) * (shards_per_proc + 1)],
+                 pool_worker_device(p, gpus, visible)), barrier) for p in range(procs)]  # fmt: skip
     try:
         with ctx.Pool(procs) as pool:
             results = pool.map(_worker, jobs)
@@ -133,6 +142,7 @@ def run(root: Path, settings: RenderSettings, views: int, procs: int, shards_per
         "stages_ms": {k: round(v * 1e3, 3) for k, v in per_view_medians([st for r in results for st in r["stages"]]).items()},
         "stages_cpu_ms": {k: round(v * 1e3, 3) for k, v in per_view_medians([st for r in results for st in r["stages"]], "cpu_seconds").items()},
         "stage_records": [st for r in results for st in r["stages"]],
+        "devices": [r["device"] for r in results],
     }
 
 
@@ -244,6 +254,7 @@ def main() -> None:
                    help="also run git revision REV's code on the same shapes (alternating, --rounds times), print both "
                         "tables side by side and the largest image differences between the two")  # fmt: skip
     p.add_argument("--rounds", type=int, default=1, help="with --baseline: old/new pairs to run (medians over rounds)")
+    p.add_argument("--gpus", default=None, help="spread the processes over these devices, round-robin (e.g. 0,1)")
     args = p.parse_args()
     args.samples_resolved = samples = args.samples or (16 if args.engine == "eevee" else 8)
     procs = [int(x) for x in args.procs.split(",")]
@@ -281,7 +292,8 @@ def main() -> None:
         print("images, old vs new:", images)
         report.update(baseline=args.baseline, rounds=args.rounds, old=old_runs, new=new_runs, medians=medians, images=images)
     else:
-        rows = [run(root, settings, args.views, n, args.shards_per_proc, args.shapes_per_shard, args.keep_views) for n in procs]
+        gpus = parse_gpu_list(args.gpus)
+        rows = [run(root, settings, args.views, n, args.shards_per_proc, args.shapes_per_shard, args.keep_views, gpus) for n in procs]
         print(f"{'processes':>9} {'views':>6} {'views/s':>9} {'core-s/view':>12} {'warm-up s':>10}")
         for r in rows:
             print(f"{r['procs']:>9} {r['views']:>6} {r['views_per_s']:>9.2f} {r['core_s_per_view']:>12.3f} {r['median_warmup_s']:>10.1f}")
@@ -291,6 +303,8 @@ def main() -> None:
             columns[f"{r['procs']}p wall"] = {k: v / 1e3 for k, v in r["stages_ms"].items()}
             columns[f"{r['procs']}p CPU"] = {k: v / 1e3 for k, v in r["stages_cpu_ms"].items()}
         print(format_table(columns, overlapped_stages([st for r in rows for st in r["stage_records"]])))
+        devices = sorted({json.dumps(d, sort_keys=True) for r in rows for d in r["devices"]})
+        print("rendered on:", "; ".join(devices))
         report["runs"] = rows
     if args.check:
         report["check_vs_cycles"] = check_against_cycles(root, args.engine, 128)

@@ -24,6 +24,7 @@ import bpy
 import numpy as np
 
 from blender_scripts.blender_mesh import new_triangle_object
+from blender_scripts.gpu_binding import configure_render_device
 from zeroverse.cameras import CameraSet
 from zeroverse.imageio import read_exr_channels, srgb_encode
 from zeroverse.primitives import MeshArrays
@@ -65,15 +66,41 @@ def quiet_stdout():
 class BlenderRenderer:
     """Renders shapes in one Blender. `texture` maps a texture id to uint8 [R, R, 3]."""
 
-    def __init__(self, settings: RenderSettings, texture: Callable[[int], np.ndarray], scratch_dir: str | None = None):
+    def __init__(self, settings: RenderSettings, texture: Callable[[int], np.ndarray], scratch_dir: str | None = None, device: int | None = None):
+        """`device`: the physical GPU this process was bound to (blender_scripts.gpu_binding,
+        before bpy was imported), or None; recorded by device_report()."""
         self.settings = settings
         self._texture = texture
         self._materials: OrderedDict[int, bpy.types.Material] = OrderedDict()
         shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
         self._scratch = tempfile.mkdtemp(prefix="zv-render-", dir=scratch_dir or shm)
         self._exr = os.path.join(self._scratch, "view.exr")
+        self.device = device
+        self._gpu_report: dict | None = None
         with quiet_stdout():
             self._setup_scene()
+        configure_render_device(device, settings.engine)
+
+    def device_report(self) -> dict:
+        """Which device rendered, for the view shard's metadata: the physical GPU index this
+        process was bound to (None: none), the engine, and what Blender reports: the GPU
+        renderer string (EEVEE / Workbench; known once a view was rendered, as Blender creates
+        its GPU context on the first render) or Cycles' device type."""
+        report = {"index": self.device, "engine": self.settings.engine}
+        if self.settings.engine == "cycles":
+            return {**report, "device": bpy.context.scene.cycles.device}
+        if self._gpu_report is None:
+            import gpu
+
+            try:
+                self._gpu_report = {
+                    "renderer": gpu.platform.renderer_get(),
+                    "backend": gpu.platform.backend_type_get(),
+                    "device_type": gpu.platform.device_type_get(),
+                }
+            except Exception as err:  # noqa: BLE001 - no GPU context yet (nothing rendered) or none at all
+                return {**report, "renderer": f"unknown ({type(err).__name__}: {err})"}
+        return {**report, **self._gpu_report}
 
     # ---- one-time scene set-up -------------------------------------------------------------
     def _setup_scene(self) -> None:

@@ -257,9 +257,14 @@ class ViewShardWriter:
     """Renders view shards in one long-lived Blender. Ray-free: the farm wraps it in an actor,
     the GPU benchmark drives it from a plain process."""
 
-    def __init__(self, cfg: RenderConfig, shapes: Manifest, source_root: Location | None = None):
+    def __init__(self, cfg: RenderConfig, shapes: Manifest, source_root: Location | None = None, device: int | None = None):
         """`source_root`: the root whose shapes and texture cache are read (default cfg.root); the
-        benchmark reads a prepared root and writes its views elsewhere."""
+        benchmark reads a prepared root and writes its views elsewhere. `device`: the physical
+        GPU this worker renders on (zeroverse.gpu_devices), or None."""
+        # Bound before bpy is imported: Blender reads its GPU set-up when it starts.
+        from blender_scripts.gpu_binding import bind_render_device
+
+        self.binding = bind_render_device(device)
         from blender_scripts.render_views import BlenderRenderer
 
         self.cfg = cfg
@@ -273,7 +278,7 @@ class ViewShardWriter:
         from pipelines.texture_bank import open_bank
 
         bank = open_bank(shapes.config.get("textures", {}), source)
-        self.renderer = BlenderRenderer(cfg.settings, bank.get)
+        self.renderer = BlenderRenderer(cfg.settings, bank.get, device=device)
         # One encode thread: view k is converted and encoded while Blender renders view k + 1.
         # On a GPU the render call is mostly a wait, so this hides the CPU-side work of a view
         # (conversion + PNG: ~25 ms per 512² view) instead of adding it; rows keep their order.
@@ -364,7 +369,11 @@ class ViewShardWriter:
                 on_views(len(view_rows))
         with clock("parquet"):
             table = rows_to_table(rows)
-            meta = file_metadata("views", self.identity, self.seed, {"render": self.cfg.settings.to_dict()})
+            # Which device rendered the shard. The one metadata value that may differ between runs
+            # of the same config (on a multi-GPU node, shard k lands on whichever GPU is free);
+            # on the CPU it is constant, so CPU shards stay byte-identical across worker counts.
+            device = {**self.renderer.device_report(), "binding": self.binding}
+            meta = file_metadata("views", self.identity, self.seed, {"render": self.cfg.settings.to_dict(), "render_device": device})
             record = write_shard(table, join(self.cfg.views_dir, shard_name("views", first, last)), meta, row_group_rows=group_rows)
         seconds = time.perf_counter() - started
         main_cpu = sum(v for k, v in clock.cpu_seconds.items() if k not in clock.overlapped)
@@ -667,7 +676,13 @@ class _RenderActor:
     """A Ray actor around ViewShardWriter: Blender starts once in __init__, work per call."""
 
     def __init__(self, cfg: RenderConfig, shapes: Manifest, counter: Any):
-        self.writer = ViewShardWriter(cfg, shapes)
+        import ray
+
+        from zeroverse.gpu_devices import ray_worker_device
+
+        # Ray names the GPUs it gave this actor as the node does (several actors share one with a
+        # fractional --gpus-per-worker); none with --gpus-per-worker 0.
+        self.writer = ViewShardWriter(cfg, shapes, device=ray_worker_device(ray.get_gpu_ids()))
         self.counter = counter
 
     def render_shard(self, first: int, last: int, shape_ids: list[int], attempt: int = 1) -> dict[str, Any]:
