@@ -6,8 +6,8 @@ one Blender each, so it also runs where Ray is absent (the GPU machine's Blender
   CPU here:      python bench/render.py --engine cycles --resolution 256 --procs 1
   GPU machine:   python3.11 bench/render.py --engine eevee --resolution 512 --procs 1,2,4
 
-Needs a generated root (`--root`, default: generates 48 shapes into a temporary root when Ray and
-the generator are available). Prints views/s (aggregate over processes, after each process
+Reads a generated root (`--root`; default: generates `--shapes` shapes into a temporary root on a
+local process pool). Prints views/s (aggregate over processes, after each process
 rendered one warm-up shape) and core-seconds per view; with --check, also compares the engine's
 depth and alpha against Cycles on CPU for one view.
 """
@@ -15,6 +15,7 @@ depth and alpha against Cycles on CPU for one view.
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 import os
 import shutil
@@ -22,43 +23,92 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from zeroverse.gpu_devices import parse_gpu_list  # noqa: E402
+from zeroverse.render_settings import RenderSettings  # noqa: E402
+from zeroverse.render_timing import format_table, overlapped_stages, per_view_medians  # noqa: E402
 
-def _worker(args) -> dict:
-    root, engine, resolution, samples, views, threads, shard_specs, barrier, out_dir = args
+
+@dataclass(frozen=True)
+class Job:
+    """One benchmark process: its shards (the first is the warm-up) and where it writes."""
+
+    root: str  # the prepared root (shapes, texture cache)
+    out: str  # the views root this process writes
+    settings: RenderSettings
+    views: int
+    shards: list  # [(first, last, shape_ids)]
+    device: int | None = None  # physical GPU (zeroverse.gpu_devices), None: no binding
+
+
+def _worker(job_and_barrier) -> dict:
+    job, barrier = job_and_barrier
     from pipelines.render import RenderConfig, ViewShardWriter
     from zeroverse.cameras import RigConfig
-    from zeroverse.render_settings import RenderSettings
     from zeroverse.shards import Manifest
 
-    cfg = RenderConfig(
-        root=Path(out_dir),
-        rig=RigConfig(num_views=views),
-        settings=RenderSettings(engine=engine, resolution=resolution, samples=samples, threads=threads),
-        shapes_per_shard=len(shard_specs[0][2]),
-    )
-    shapes = Manifest.load(Path(root) / "shapes")
-    writer = ViewShardWriter(cfg, shapes)
-    # Read shapes from the source root, write views to this run's output root.
-    writer.shape_files = {sid: Path(root) / "shapes" / s["file"] for s in shapes.shards for sid in s["shape_ids"]}
-    first, last, ids = shard_specs[0]
+    cfg = RenderConfig(root=Path(job.out), rig=RigConfig(num_views=job.views), settings=job.settings, shapes_per_shard=len(job.shards[0][2]))
+    shapes = Manifest.load(Path(job.root) / "shapes")
+    # Shapes and the texture cache come from the prepared root, views go to this run's own root.
+    writer = ViewShardWriter(cfg, shapes, source_root=Path(job.root), device=job.device)
+    first, last, ids = job.shards[0]
     t0 = time.perf_counter()
     writer.render_shard(first, last, ids[:1])  # warm-up: shader compile, texture cache, kernels
     warmup = time.perf_counter() - t0
     barrier.wait()
     start, c0 = time.perf_counter(), time.process_time()
-    views_done = 0
-    for first, last, ids in shard_specs[1:]:
+    views_done, stages = 0, []
+    for k, (first, last, ids) in enumerate(job.shards[1:]):
         record = writer.render_shard(first, last, ids)
         views_done += record["rows"]
+        if k == 0:  # the gap before the first timed shard is the barrier's wait, not a driver's
+            for times in (record["stages"]["seconds"], record["stages"]["cpu_seconds"]):
+                times.pop("driver", None)
+        stages.append(record["stages"])
     end = time.perf_counter()
-    return {"start": start, "end": end, "views": views_done, "cpu": time.process_time() - c0, "warmup": warmup}
+    device = {**writer.renderer.device_report(), "binding": writer.binding}
+    writer.close()
+    return {"start": start, "end": end, "views": views_done, "cpu": time.process_time() - c0, "warmup": warmup, "stages": stages, "device": device}
 
 
-def run(root: Path, engine: str, resolution: int, samples: int, views: int, procs: int, threads: int, shards_per_proc: int, shapes_per_shard: int) -> dict:
+def make_root(root: Path, n: int) -> Path:
+    """A root of `n` shapes (seed 0) with its texture bank, generated on a local process pool:
+    no Ray needed, like the rest of this script."""
+    from pipelines.generate import GenerateConfig
+    from pipelines.local_pool import run_generate_local
+    from pipelines.texture_bank import prepare_bank
+    from zeroverse.recipe import RecipeConfig
+
+    bank = prepare_bank(root, None, RecipeConfig().texture_bank_size)
+    cfg = GenerateConfig(root=root, n=n, seed=0, shard_size=16, textures=bank.describe())
+    run_generate_local(cfg, min(4, os.cpu_count() or 1))
+    return root
+
+
+def warm_textures(root: Path, shape_ids: list[int]) -> None:
+    """Fills the root's texture cache with every texture these shapes use, so that the timed
+    `materials` stage is what a long farm run pays (read the cached texture, make the Blender
+    image and material), not the one-off procedural generation of each texture."""
+    from pipelines.texture_bank import open_bank
+    from zeroverse.shards import Manifest, read_shape_rows
+
+    bank = open_bank(Manifest.load(root / "shapes").config.get("textures", {}), root)
+    for row in read_shape_rows(root / "shapes", shape_ids):
+        for texture_id in set(row["region_textures"]):
+            bank.get(int(texture_id))
+
+
+def run(root: Path, settings: RenderSettings, views: int, procs: int, shards_per_proc: int, shapes_per_shard: int, keep: Path | None = None,
+        gpus: list[int] | None = None) -> dict:
+    """`procs` processes, each rendering a warm-up shape and then `shards_per_proc` shards; views
+    go to a temporary root (or to `keep`, e.g. to compare two runs' images). With `gpus`,
+    process p renders on gpus[p % len(gpus)] (as CUDA numbers them here)."""
+    from zeroverse.gpu_devices import pool_worker_device
+
     from pipelines.render import view_shard_plan
     from zeroverse.shards import Manifest
 
@@ -67,15 +117,19 @@ def run(root: Path, engine: str, resolution: int, samples: int, views: int, proc
     need = procs * (shards_per_proc + 1)
     if len(plan) < need:
         raise SystemExit(f"root has {len(plan)} shards of {shapes_per_shard} shapes; need {need} (generate more shapes)")
+    warm_textures(root, [sid for _, _, sids in plan[:need] for sid in sids])
     ctx = mp.get_context("spawn")
     barrier = ctx.Manager().Barrier(procs)
-    out = Path(tempfile.mkdtemp(prefix="zv-bench-render-"))
-    jobs = [(str(root), engine, resolution, samples, views, threads, plan[p * (shards_per_proc + 1):(p + 1) * (shards_per_proc + 1)], barrier, str(out)) for p in range(procs)]
+    out = keep if keep is not None else Path(tempfile.mkdtemp(prefix="zv-bench-render-"))
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    jobs = [(Job(str(root), str(out), settings, views, plan[p * (shards_per_proc + 1):(p + 1) * (shards_per_proc + 1)],
+                 pool_worker_device(p, gpus, visible)), barrier) for p in range(procs)]  # fmt: skip
     try:
         with ctx.Pool(procs) as pool:
             results = pool.map(_worker, jobs)
     finally:
-        shutil.rmtree(out, ignore_errors=True)
+        if keep is None:
+            shutil.rmtree(out, ignore_errors=True)
     span = max(r["end"] for r in results) - min(r["start"] for r in results)
     total = sum(r["views"] for r in results)
     return {
@@ -84,6 +138,11 @@ def run(root: Path, engine: str, resolution: int, samples: int, views: int, proc
         "views_per_s": total / span,
         "core_s_per_view": sum(r["cpu"] for r in results) / total,
         "median_warmup_s": statistics.median(r["warmup"] for r in results),
+        # Median over every timed shard of every process, per view (render_timing.STAGES).
+        "stages_ms": {k: round(v * 1e3, 3) for k, v in per_view_medians([st for r in results for st in r["stages"]]).items()},
+        "stages_cpu_ms": {k: round(v * 1e3, 3) for k, v in per_view_medians([st for r in results for st in r["stages"]], "cpu_seconds").items()},
+        "stage_records": [st for r in results for st in r["stages"]],
+        "devices": [r["device"] for r in results],
     }
 
 
@@ -118,34 +177,141 @@ def check_against_cycles(root: Path, engine: str, resolution: int) -> dict:
     }
 
 
+def compare_view_roots(old: Path, new: Path) -> dict:
+    """Largest differences between two views roots of the same shapes and cameras: RGBA (8-bit
+    steps), depth (relative, where both are covered; plus pixels covered in one only) and
+    normals (absolute, where both are covered)."""
+    import io
+
+    import numpy as np
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    out = {"views": 0, "rgba_max_abs": 0, "rgba_differing_values": 0, "depth_max_rel": 0.0, "coverage_mismatch_px": 0, "normal_max_abs": 0.0}
+    files = sorted(f.name for f in (old / "views").glob("*.parquet"))  # the benchmark writes shards, no manifest
+    if not files or files != sorted(f.name for f in (new / "views").glob("*.parquet")):
+        raise SystemExit(f"{old} and {new} hold other view shards")
+    for name in files:
+        a, b = (pq.read_table(root / "views" / name).to_pylist() for root in (old, new))
+        if [(r["shape_id"], r["view"]) for r in a] != [(r["shape_id"], r["view"]) for r in b]:
+            raise SystemExit(f"{name}: the two runs hold other views")
+        for ra, rb in zip(a, b):
+            h, w = ra["height"], ra["width"]
+            rgba = [np.asarray(Image.open(io.BytesIO(r["rgba"])).convert("RGBA"), np.int16) for r in (ra, rb)]
+            depth = [np.frombuffer(r["depth"], "<f4").reshape(h, w) for r in (ra, rb)]
+            normal = [np.frombuffer(r["normal"], "<f2").reshape(h, w, 3).astype(np.float32) for r in (ra, rb)]
+            both = (depth[0] > 0) & (depth[1] > 0)
+            diff = np.abs(rgba[0] - rgba[1])
+            out["views"] += 1
+            out["rgba_max_abs"] = max(out["rgba_max_abs"], int(diff.max()))
+            out["rgba_differing_values"] += int((diff > 0).sum())
+            out["coverage_mismatch_px"] += int(((depth[0] > 0) != (depth[1] > 0)).sum())
+            if both.any():
+                rel = np.abs(depth[0][both] - depth[1][both]) / depth[0][both]
+                out["depth_max_rel"] = max(out["depth_max_rel"], float(rel.max()))
+                out["normal_max_abs"] = max(out["normal_max_abs"], float(np.abs(normal[0][both] - normal[1][both]).max()))
+    return out
+
+
+def run_baseline(rev: str, root: Path, args, keep: Path) -> dict:
+    """The same benchmark with the code of git revision `rev` (exported with `git archive`), in
+    a process of its own; returns its --json report. `rev` must have --json and --keep-views."""
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    src = keep.parent / f"src-{rev}"
+    if not src.exists():
+        src.mkdir(parents=True)
+        archive = subprocess.run(["git", "-C", str(repo), "archive", rev], check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+    report = keep.parent / f"baseline-{keep.name}.json"
+    cmd = [sys.executable, str(src / "bench" / "render.py"), "--root", str(root), "--engine", args.engine, "--resolution", str(args.resolution),
+           "--samples", str(args.samples_resolved), "--views", str(args.views), "--procs", args.procs, "--threads", str(args.threads),
+           "--shards-per-proc", str(args.shards_per_proc), "--shapes-per-shard", str(args.shapes_per_shard),
+           "--denoise" if args.denoise else "--no-denoise", "--json", str(report), "--keep-views", str(keep)]  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=str(src))
+    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+    return json.loads(report.read_text())["runs"][0]
+
+
 def main() -> None:
-    p = argparse.ArgumentParser(description="End-to-end render throughput (views/s) per process count.")
-    p.add_argument("--root", type=Path, default=None, help="a generated root (default: make one with 48 shapes)")
+    p = argparse.ArgumentParser(description="End-to-end render throughput (views/s) per process count, and where a view's time goes.")
+    p.add_argument("--root", type=Path, default=None, help="a generated root (default: generate --shapes shapes into a temporary one)")
+    p.add_argument("--shapes", type=int, default=48, help="shapes of the generated root when --root is not given")
     p.add_argument("--engine", default="cycles", choices=["cycles", "eevee", "workbench"])
     p.add_argument("--resolution", type=int, default=256)
-    p.add_argument("--samples", type=int, default=None)
+    p.add_argument("--samples", type=int, default=None, help="default: EEVEE 16, Cycles 8")
+    p.add_argument("--denoise", action=argparse.BooleanOptionalAction, default=True, help="Cycles: OpenImageDenoise (--no-denoise to time the rest)")
     p.add_argument("--views", type=int, default=8)
     p.add_argument("--procs", default="1", help="comma-separated process counts, e.g. 1,2,4")
     p.add_argument("--threads", type=int, default=1, help="CPU threads per Blender process")
     p.add_argument("--shards-per-proc", type=int, default=2)
     p.add_argument("--shapes-per-shard", type=int, default=2)
     p.add_argument("--check", action="store_true", help="compare depth/alpha against Cycles for one view")
+    p.add_argument("--json", type=Path, default=None, help="also write the figures and the per-stage table here")
+    p.add_argument("--keep-views", type=Path, default=None, help="write the views here (one process count only) instead of a temporary root")
+    p.add_argument("--baseline", default=None, metavar="REV",
+                   help="also run git revision REV's code on the same shapes (alternating, --rounds times), print both "
+                        "tables side by side and the largest image differences between the two")  # fmt: skip
+    p.add_argument("--rounds", type=int, default=1, help="with --baseline: old/new pairs to run (medians over rounds)")
+    p.add_argument("--gpus", default=None, help="spread the processes over these devices, round-robin (e.g. 0,1)")
     args = p.parse_args()
-    samples = args.samples or (16 if args.engine == "eevee" else 8)
+    args.samples_resolved = samples = args.samples or (16 if args.engine == "eevee" else 8)
+    procs = [int(x) for x in args.procs.split(",")]
+    if (args.keep_views is not None or args.baseline) and len(procs) > 1:
+        p.error("--keep-views and --baseline take one process count")
     root = args.root
     if root is None:
-        from pipelines.generate import GenerateConfig, run_generate
-
-        root = Path(tempfile.mkdtemp(prefix="zv-bench-root-"))
-        run_generate(GenerateConfig(root=root, n=48, seed=0, shard_size=16), progress=False)
-    rows = [run(root, args.engine, args.resolution, samples, args.views, n, args.threads, args.shards_per_proc, args.shapes_per_shard) for n in (int(x) for x in args.procs.split(","))]
-    print(f"render benchmark: engine {args.engine}, {args.resolution}², {samples} samples, {args.views} views/shape, "
+        root = make_root(Path(tempfile.mkdtemp(prefix="zv-bench-root-")), args.shapes)
+    settings = RenderSettings(engine=args.engine, resolution=args.resolution, samples=samples, denoise=args.denoise, threads=args.threads)
+    report = {"settings": settings.to_dict(), "views_per_shape": args.views, "shapes_per_shard": args.shapes_per_shard}
+    print(f"render benchmark: engine {args.engine}, {args.resolution}², {samples} samples{'' if args.denoise or args.engine != 'cycles' else ' (no denoising)'}, {args.views} views/shape, "
           f"{args.threads} thread(s)/process, end to end (build + render + encode + write)")
-    print(f"{'processes':>9} {'views':>6} {'views/s':>9} {'core-s/view':>12} {'warm-up s':>10}")
-    for r in rows:
-        print(f"{r['procs']:>9} {r['views']:>6} {r['views_per_s']:>9.2f} {r['core_s_per_view']:>12.3f} {r['median_warmup_s']:>10.1f}")
+    if args.baseline:
+        work = Path(tempfile.mkdtemp(prefix="zv-bench-compare-"))
+        old_runs, new_runs = [], []
+        try:
+            for k in range(args.rounds):
+                old_runs.append(run_baseline(args.baseline, root, args, work / f"old-{k}"))
+                new_runs.append(run(root, settings, args.views, procs[0], args.shards_per_proc, args.shapes_per_shard, work / f"new-{k}"))
+            images = compare_view_roots(work / "old-0", work / "new-0")
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        medians = {}
+        for side, runs in (("old", old_runs), ("new", new_runs)):
+            for key, title in (("stages_ms", "wall"), ("stages_cpu_ms", "CPU")):
+                stages = {k for r in runs for k in r[key]}
+                medians[f"{side} {title}"] = {k: statistics.median(r[key][k] for r in runs if k in r[key]) / 1e3 for k in stages}
+            medians[f"{side} views/s"] = statistics.median(r["views_per_s"] for r in runs)
+            medians[f"{side} core-s/view"] = statistics.median(r["core_s_per_view"] for r in runs)
+        print(f"{procs[0]} process(es), {args.rounds} round(s) of old ({args.baseline}) then new, medians over rounds")
+        for side in ("old", "new"):
+            print(f"{side}: {medians[f'{side} views/s']:.2f} views/s, {medians[f'{side} core-s/view']:.3f} core-s/view")
+        columns = {t: medians[t] for t in ("old wall", "new wall", "old CPU", "new CPU")}
+        print(format_table(columns, overlapped_stages([st for r in new_runs for st in r["stage_records"]])))
+        print("images, old vs new:", images)
+        report.update(baseline=args.baseline, rounds=args.rounds, old=old_runs, new=new_runs, medians=medians, images=images)
+    else:
+        gpus = parse_gpu_list(args.gpus)
+        rows = [run(root, settings, args.views, n, args.shards_per_proc, args.shapes_per_shard, args.keep_views, gpus) for n in procs]
+        print(f"{'processes':>9} {'views':>6} {'views/s':>9} {'core-s/view':>12} {'warm-up s':>10}")
+        for r in rows:
+            print(f"{r['procs']:>9} {r['views']:>6} {r['views_per_s']:>9.2f} {r['core_s_per_view']:>12.3f} {r['median_warmup_s']:>10.1f}")
+        print()
+        columns = {}
+        for r in rows:
+            columns[f"{r['procs']}p wall"] = {k: v / 1e3 for k, v in r["stages_ms"].items()}
+            columns[f"{r['procs']}p CPU"] = {k: v / 1e3 for k, v in r["stages_cpu_ms"].items()}
+        print(format_table(columns, overlapped_stages([st for r in rows for st in r["stage_records"]])))
+        devices = sorted({json.dumps(d, sort_keys=True) for r in rows for d in r["devices"]})
+        print("rendered on:", "; ".join(devices))
+        report["runs"] = rows
     if args.check:
-        print("check vs cycles:", check_against_cycles(root, args.engine, 128))
+        report["check_vs_cycles"] = check_against_cycles(root, args.engine, 128)
+        print("check vs cycles:", report["check_vs_cycles"])
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=1) + "\n")
 
 
 if __name__ == "__main__":

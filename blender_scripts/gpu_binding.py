@@ -1,22 +1,28 @@
-"""Bind a headless Blender's EEVEE / Workbench (OpenGL through EGL) to GPU k of a node.
+"""Binding a Blender worker process to one GPU of a node: the single place where it happens.
 
-Why this exists: background bpy makes its OpenGL context with `eglGetDisplay(EGL_DEFAULT_DISPLAY)`
-(GHOST_ContextEGL), and NVIDIA's default EGL display is always the first GPU whatever
-CUDA_VISIBLE_DEVICES says (measured: a Blender started with CUDA_VISIBLE_DEVICES=1 rendered on
-GPU 0 of a 2-GPU H200 node). Blender offers no setting for the EGL device, and bpy loads EGL
-through its static libepoxy (dlopen + dlsym on a private handle), so an LD_PRELOAD of
-eglGetDisplay is never seen.
+Why: background bpy makes its OpenGL context with `eglGetDisplay(EGL_DEFAULT_DISPLAY)`
+(GHOST_ContextEGL), and NVIDIA's default EGL display is the first GPU whatever
+CUDA_VISIBLE_DEVICES says (measured: a Blender started with CUDA_VISIBLE_DEVICES=1 rendered
+EEVEE on GPU 0 of a 2-GPU H200 node), so every EEVEE worker of a node drew on GPU 0. Blender
+offers no setting for the EGL device, and bpy loads EGL through its static libepoxy (dlopen +
+dlsym on a private handle), so an LD_PRELOAD of eglGetDisplay is never seen.
 
 How: libepoxy calls eglGetDisplay through a function pointer, `epoxy_eglGetDisplay`, in bpy's
 data segment (bpy 5.0.1 keeps its ELF symbol table). After `import bpy` and before the first
-render (background mode starts the GPU lazily, at the first render), we open the EGL display of
-the wanted device (EGL_EXT_device_enumeration + eglGetPlatformDisplayEXT) through ctypes, and
-point that pointer at a two-instruction stub returning this display. The device is matched by
-UUID with nvidia-smi's numbering (EGL_EXT_device_persistent_id), else by CUDA id, else by EGL
-order. x86-64 Linux only; anywhere else `bind_egl_device` raises GpuBindingError and the worker
-renders on the default device, saying so.
+render (background mode starts the GPU lazily, at the first render), `bind_egl_device` opens the
+EGL display of the wanted device (EGL_EXT_device_enumeration + eglGetPlatformDisplayEXT) through
+ctypes and points that pointer at a two-instruction stub returning this display. The device is
+matched to nvidia-smi's numbering by UUID (EGL_EXT_device_persistent_id), else by CUDA id, else
+by EGL order. x86-64 Linux only; anywhere else, or if anything fails, the worker renders on the
+default device and its shards say so. ZEROVERSE_GPU_BINDING=off turns the patch off.
 
-Imports only the standard library (ctypes); bpy is passed in. Runs inside Blender's own Python.
+Two hooks, both called by every render worker:
+- `bind_render_device(index)`: in the worker BEFORE bpy is imported (ViewShardWriter calls it
+  first thing): CUDA_VISIBLE_DEVICES=index, which binds anything CUDA-based (Cycles on GPU).
+- `configure_render_device(index, engine)`: after bpy is imported and the scene is set up,
+  before the first render (BlenderRenderer calls it): the EGL binding for EEVEE / Workbench.
+
+Imports only the standard library (ctypes) at import time; runs inside Blender's own Python.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import os
 import platform
 import struct
 import subprocess
+import sys
 
 EGL_PLATFORM_DEVICE_EXT = 0x313F
 EGL_CUDA_DEVICE_NV = 0x323A
@@ -192,4 +199,26 @@ def bind_from_environment(bpy, index: int | None) -> str:
     return f"GPU {info['gpu']} (EGL device {info['egl_index']}, by {info['matched_by']})"
 
 
-__all__ = ["GpuBindingError", "bind_egl_device", "bind_from_environment", "egl_devices", "nvidia_uuid"]
+def bind_render_device(index: int | None) -> str:
+    """Binds this process to physical GPU `index` (zeroverse.gpu_devices) before bpy loads, as
+    far as the environment can; None: no GPU. Returns a short description for the metadata."""
+    if index is None:
+        return "none"
+    late = "bpy" in sys.modules  # too late for anything read when Blender starts
+    os.environ["CUDA_VISIBLE_DEVICES"] = str(index)
+    return f"CUDA_VISIBLE_DEVICES={index}" + (" (set after bpy was imported)" if late else "")
+
+
+def configure_render_device(index: int | None, engine: str) -> str:
+    """After bpy is imported, before the first render: EEVEE and Workbench draw through EGL,
+    which CUDA_VISIBLE_DEVICES does not reach, so their context is bound here. Returns what was
+    done (for the metadata)."""
+    if index is None or engine not in ("eevee", "workbench"):
+        return "not needed"
+    import bpy
+
+    return bind_from_environment(bpy, index)
+
+
+__all__ = ["GpuBindingError", "bind_egl_device", "bind_from_environment", "bind_render_device",
+           "configure_render_device", "egl_devices", "nvidia_uuid"]

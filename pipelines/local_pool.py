@@ -7,6 +7,7 @@ run, and a rerun resumes from the manifest).
 
   python -m pipelines.local_pool generate --root R --n 1000 --processes 12
   python -m pipelines.local_pool render --root R --views 12 --resolution 256 --engine eevee --processes 8
+  python -m pipelines.local_pool render --root R --engine eevee --processes 16 --gpus 0,1   # 8 per GPU
   python -m pipelines.local_pool real --src DIR --root R --resolution 256 --engine eevee
 """
 
@@ -60,11 +61,20 @@ def run_generate_local(cfg, processes: int):
     return result
 
 
-def _init_render(cfg, shapes) -> None:
+def _init_render(cfg, shapes, gpus, started) -> None:
+    """Pool initializer: this process's Blender, on device gpus[k % len(gpus)] for the k-th
+    process started (a replacement for a crashed one takes the next k: still round-robin)."""
     global _writer
-    from pipelines.render import ViewShardWriter
+    import os
 
-    _writer = ViewShardWriter(cfg, shapes)
+    from pipelines.render import ViewShardWriter
+    from zeroverse.gpu_devices import pool_worker_device
+
+    with started.get_lock():
+        rank = started.value
+        started.value += 1
+    device = pool_worker_device(rank, gpus, os.environ.get("CUDA_VISIBLE_DEVICES"))
+    _writer = ViewShardWriter(cfg, shapes, device=device)
 
 
 def _render_one(spec: tuple) -> dict[str, Any]:
@@ -72,8 +82,9 @@ def _render_one(spec: tuple) -> dict[str, Any]:
     return _writer.render_shard(first, last, ids)
 
 
-def run_render_local(cfg, processes: int):
-    """Renders every missing view shard of cfg.root; each process holds one Blender."""
+def run_render_local(cfg, processes: int, gpus: list[int] | None = None):
+    """Renders every missing view shard of cfg.root; each process holds one Blender, bound to
+    one of `gpus` (device indices as CUDA numbers them here; round-robin) when given."""
     from pipelines.render import RenderResult, _commit, pending_shards, view_shard_plan
     from zeroverse.shards import Manifest, make_dirs, open_manifest, remove_temporaries
 
@@ -89,9 +100,12 @@ def run_render_local(cfg, processes: int):
     result = RenderResult(skipped_shapes=done, workers_started=processes)
     total = sum(len(s) for _, _, s in todo)
     finished = 0
-    with mp.get_context("spawn").Pool(processes, initializer=_init_render, initargs=(cfg, shapes)) as pool:
+    ctx = mp.get_context("spawn")
+    started_workers = ctx.Value("i", 0)
+    with ctx.Pool(processes, initializer=_init_render, initargs=(cfg, shapes, gpus, started_workers)) as pool:
         for record in pool.imap_unordered(_render_one, todo):
             record.pop("recycle", None)
+            result.stages.append(record.pop("stages"))
             _commit(views, cfg.views_dir, record)
             result.written.append(record["file"])
             result.failures.extend({"shape_id": f["shape_id"], "reason": f["reason"]} for f in record.pop("failed_details"))
@@ -123,6 +137,9 @@ def main(argv: list[str] | None = None) -> None:
         r.add_argument("--samples", type=int, default=None)
         r.add_argument("--threads", type=int, default=1)
         r.add_argument("--processes", type=int, default=mp.cpu_count())
+        if name == "render":
+            r.add_argument("--gpus", default=None, help="devices to spread the processes over, round-robin (e.g. 0,1; "
+                           "as CUDA numbers them here). Each view shard records the device that rendered it")  # fmt: skip
         r.add_argument("--shapes-per-shard", type=int, default=8)
         r.add_argument("--limit", type=int, default=None)
         r.add_argument("--targets-per-ring", type=int, default=16)
@@ -159,7 +176,9 @@ def main(argv: list[str] | None = None) -> None:
     rig = RigConfig(kind=args.rig, num_views=args.views, eval_targets_per_ring=args.targets_per_ring,
                     layout_views=args.layout_views)
     cfg = RenderConfig(root=args.root, rig=rig, settings=settings, shapes_per_shard=args.shapes_per_shard, limit=args.limit)
-    result = run_render_local(cfg, args.processes)
+    from zeroverse.gpu_devices import parse_gpu_list
+
+    result = run_render_local(cfg, args.processes, parse_gpu_list(args.gpus))
     print(f"{result.shapes} shapes / {result.views} views, {len(result.failures)} failures, "
           f"{result.seconds:.1f} s ({result.views / max(result.seconds, 1e-9):.1f} views/s end to end)")
 

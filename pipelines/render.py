@@ -18,6 +18,8 @@ import os
 import time
 import traceback
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -30,6 +32,7 @@ from zeroverse.cameras import RigConfig, make_cameras, rig_identity, rig_rng
 from zeroverse.imageio import encode_array, encode_png
 from zeroverse.primitives import MeshArrays
 from zeroverse.render_settings import RenderSettings
+from zeroverse.render_timing import StageClock
 from zeroverse.shards import (
     VIEW_SCHEMA,
     Location,
@@ -164,6 +167,21 @@ def shape_mesh(row: dict[str, Any]) -> tuple[MeshArrays, np.ndarray]:
     return mesh, np.asarray(row["region_textures"], np.int32)
 
 
+def _shape_rows(table: pa.Table) -> list[dict[str, Any]]:
+    """Shape table -> row dicts with list columns as numpy arrays (slices of one flat array per
+    column): to_pylist made a Python float of every vertex coordinate, ~30 ms per shape."""
+    columns: dict[str, Any] = {}
+    for name in table.column_names:
+        column = table.column(name).combine_chunks()
+        if pa.types.is_list(column.type):
+            offsets = column.offsets.to_numpy()
+            flat = column.flatten().to_numpy(zero_copy_only=False)
+            columns[name] = [flat[a:b] for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist())]
+        else:
+            columns[name] = column.to_pylist()
+    return [{name: values[i] for name, values in columns.items()} for i in range(table.num_rows)]
+
+
 def shape_light(settings: RenderSettings, seed: int, shape_id: int) -> tuple[float, tuple[float, float, float]]:
     if not settings.random_light:
         return settings.light_strength, settings.light_color
@@ -182,53 +200,91 @@ def view_shard_plan(shape_ids: list[int], shapes_per_shard: int) -> list[tuple[i
     return [(k * shapes_per_shard, (k + 1) * shapes_per_shard - 1, ids) for k, ids in sorted(groups.items())]
 
 
-def encode_view_rows(shape_id: int, views: list, cameras, settings: RenderSettings) -> list[dict[str, Any]]:
-    """Rendered views of one shape -> VIEW_SCHEMA rows (PNG and raw little-endian maps)."""
+def encode_view_row(shape_id: int, v: int, view, cameras, settings: RenderSettings, clock: StageClock | None = None) -> dict[str, Any]:
+    """View `v` of one shape (render_views.ViewArrays) -> a VIEW_SCHEMA row (PNG and raw
+    little-endian maps)."""
     from zeroverse.cameras import unproject_depth
 
-    rows = []
-    for v, view in enumerate(views):
-        position = None
+    clock = StageClock() if clock is None else clock
+    with clock("png"):
+        rgba = encode_png(view.rgba, settings.png_level, settings.png_rle)
+    with clock("maps"):
+        depth, normal, position = encode_array(view.depth, "<f4"), encode_array(view.normal, "<f2"), None
         if settings.positions:
             world = unproject_depth(view.depth, cameras.c2w[v], cameras.intrinsics[v], cameras.projections[v])
             position = encode_array(world, "<f4")
-        rows.append(
-            {
-                "shape_id": int(shape_id),
-                "view": v,
-                "role": cameras.roles[v],
-                "projection": cameras.projections[v],
-                "width": cameras.width,
-                "height": cameras.height,
-                "c2w": cameras.c2w[v].astype(np.float32).reshape(-1).tolist(),
-                "intrinsics": cameras.intrinsics[v].astype(np.float32).tolist(),
-                "rgba": encode_png(view.rgba, settings.png_level),
-                "depth": encode_array(view.depth, "<f4"),
-                "normal": encode_array(view.normal, "<f2"),
-                "position": position,
-            }
-        )
-    return rows
+    return {
+        "shape_id": int(shape_id),
+        "view": v,
+        "role": cameras.roles[v],
+        "projection": cameras.projections[v],
+        "width": cameras.width,
+        "height": cameras.height,
+        "c2w": cameras.c2w[v].astype(np.float32).reshape(-1).tolist(),
+        "intrinsics": cameras.intrinsics[v].astype(np.float32).tolist(),
+        "rgba": rgba,
+        "depth": depth,
+        "normal": normal,
+        "position": position,
+    }
+
+
+def encode_view_rows(shape_id: int, views: list, cameras, settings: RenderSettings, clock: StageClock | None = None) -> list[dict[str, Any]]:
+    """Rendered views of one shape -> VIEW_SCHEMA rows."""
+    return [encode_view_row(shape_id, v, view, cameras, settings, clock) for v, view in enumerate(views)]
+
+
+def rows_to_table(rows: list[dict[str, Any]]) -> pa.Table:
+    """VIEW_SCHEMA rows -> a table, built column by column: the same table as
+    Table.from_pylist, which cost 4-20 ms per 512² view appending megabyte cells row by row."""
+    if not rows:
+        return VIEW_SCHEMA.empty_table()
+    return pa.Table.from_arrays([pa.array([r[f.name] for r in rows], type=f.type) for f in VIEW_SCHEMA], schema=VIEW_SCHEMA)
+
+
+def _convert_and_encode(shape_id: int, v: int, channels: dict[str, np.ndarray], cameras, settings: RenderSettings) -> tuple[dict[str, Any], StageClock]:
+    """Runs in the writer's encode thread: raw passes -> a VIEW_SCHEMA row (numpy and zlib
+    release the GIL, so this overlaps Blender rendering the next view)."""
+    from blender_scripts.render_views import passes_to_view
+
+    clock = StageClock()
+    with clock("convert"):
+        view = passes_to_view(channels)
+    return encode_view_row(shape_id, v, view, cameras, settings, clock), clock
 
 
 class ViewShardWriter:
     """Renders view shards in one long-lived Blender. Ray-free: the farm wraps it in an actor,
     the GPU benchmark drives it from a plain process."""
 
-    def __init__(self, cfg: RenderConfig, shapes: Manifest):
+    def __init__(self, cfg: RenderConfig, shapes: Manifest, source_root: Location | None = None, device: int | None = None):
+        """`source_root`: the root whose shapes and texture cache are read (default cfg.root); the
+        benchmark reads a prepared root and writes its views elsewhere. `device`: the physical
+        GPU this worker renders on (zeroverse.gpu_devices), or None."""
+        # Bound before bpy is imported: Blender reads its GPU set-up when it starts.
+        from blender_scripts.gpu_binding import bind_render_device
+
+        self.binding = bind_render_device(device)
         from blender_scripts.render_views import BlenderRenderer
 
         self.cfg = cfg
         self.seed = shapes.seed
         self.identity = cfg.identity(shapes)
+        source = cfg.root if source_root is None else source_root
+        self.shapes_dir = join(source, "shapes")
         self.shape_files = {sid: s["file"] for s in shapes.shards for sid in s["shape_ids"]}
         self.shape_records = {s["file"]: s for s in shapes.shards}
         self._verified: set[str] = set()  # shape shards are immutable once listed: hash each once
         from pipelines.texture_bank import open_bank
 
-        bank = open_bank(shapes.config.get("textures", {}), cfg.root)
-        self.renderer = BlenderRenderer(cfg.settings, bank.get)
+        bank = open_bank(shapes.config.get("textures", {}), source)
+        self.renderer = BlenderRenderer(cfg.settings, bank.get, device=device)
+        # One encode thread: view k is converted and encoded while Blender renders view k + 1.
+        # On a GPU the render call is mostly a wait, so this hides the CPU-side work of a view
+        # (conversion + PNG: ~25 ms per 512² view) instead of adding it; rows keep their order.
+        self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zv-encode")
         self.shapes_done = 0
+        self._returned_at: float | None = None  # end of the previous render_shard: the gap to the next is the driver's
 
     def _read_shapes(self, shape_ids: list[int]) -> dict[int, dict[str, Any]]:
         rows: dict[int, dict[str, Any]] = {}
@@ -237,8 +293,8 @@ class ViewShardWriter:
             files.setdefault(self.shape_files[sid], []).append(sid)
         for file, ids in files.items():
             self._verify(file)
-            table = read_table(join(self.cfg.shapes_dir, file), filters=[("shape_id", "in", ids)])
-            for row in table.to_pylist():
+            table = read_table(join(self.shapes_dir, file), filters=[("shape_id", "in", ids)])
+            for row in _shape_rows(table):
                 rows[row["shape_id"]] = row
         missing = sorted(set(shape_ids) - set(rows))
         if missing:
@@ -251,32 +307,52 @@ class ViewShardWriter:
         if file in self._verified:
             return
         record = self.shape_records[file]
-        why = listed_file_problem(self.cfg.shapes_dir, record, verify=True)
+        why = listed_file_problem(self.shapes_dir, record, verify=True)
         if why is not None:
-            where = join(self.cfg.shapes_dir, file)
+            where = join(self.shapes_dir, file)
             raise CorruptShapeShard(f"input shape shard {where} is corrupt ({why})", file, record["shape_ids"], why)
         self._verified.add(file)
 
-    def render_rows(self, row: dict[str, Any]) -> list[dict[str, Any]]:
+    def render_rows(self, row: dict[str, Any], clock: StageClock | None = None) -> list[dict[str, Any]]:
         """All view rows of one shape (images encoded here, in the worker)."""
         s, sid = self.cfg.settings, int(row["shape_id"])
+        clock = StageClock() if clock is None else clock
         inject("render", sid)
         mesh, textures = shape_mesh(row)
         bound = float(np.linalg.norm(mesh.vertices, axis=1).max())
         cameras = make_cameras(self.cfg.rig, rig_rng(self.seed, sid), s.resolution, bound)
         self.renderer.set_light(*shape_light(s, self.seed, sid))
-        return encode_view_rows(sid, self.renderer.render_shape(mesh, textures, cameras), cameras, s)
+        pending = []
+        try:
+            with contextlib.closing(self.renderer.render_passes(mesh, textures, cameras, clock)) as passes:
+                for v, channels in enumerate(passes):
+                    pending.append(self._encoder.submit(_convert_and_encode, sid, v, channels, cameras, s))
+        finally:
+            with clock("encode_wait"):
+                futures_wait(pending)  # nothing of this shape may still run when it is retried or the next begins
+        rows = []
+        for future in pending:
+            row, encode_clock = future.result()
+            rows.append(row)
+            clock.merge(encode_clock, overlapped=True)
+        return rows
 
     def render_shard(self, first: int, last: int, shape_ids: list[int], on_views: Callable[[int], None] | None = None) -> dict[str, Any]:
         """Renders `shape_ids` (all within [first, last]) into one view shard; a shape that raises
-        is retried once in a reset scene, then left out and reported in `failed`."""
-        started = time.perf_counter()
-        shapes = self._read_shapes(shape_ids)
+        is retried once in a reset scene, then left out and reported in `failed`. The record's
+        `stages` holds the seconds spent per stage (zeroverse.render_timing.STAGES) and the
+        views they cover; drivers take it out before the record reaches the manifest."""
+        started, cpu_started = time.perf_counter(), time.thread_time()
+        clock = StageClock()
+        if self._returned_at is not None:
+            clock.add("driver", started - self._returned_at)  # no CPU of this process: it was waiting
+        with clock("read_shapes"):
+            shapes = self._read_shapes(shape_ids)
         rows, group_rows, done, failed = [], [], [], []
         for sid in shape_ids:
             for attempt in (1, 2):
                 try:
-                    view_rows = self.render_rows(shapes[sid])
+                    view_rows = self.render_rows(shapes[sid], clock)
                     break
                 except Exception as err:  # noqa: BLE001 - one bad shape must not sink the shard
                     self.renderer.clear_shape()
@@ -291,18 +367,28 @@ class ViewShardWriter:
             done.append(sid)
             if on_views is not None:
                 on_views(len(view_rows))
-        table = pa.Table.from_pylist(rows, schema=VIEW_SCHEMA) if rows else VIEW_SCHEMA.empty_table()
-        meta = file_metadata("views", self.identity, self.seed, {"render": self.cfg.settings.to_dict()})
-        record = write_shard(table, join(self.cfg.views_dir, shard_name("views", first, last)), meta, row_group_rows=group_rows)
+        with clock("parquet"):
+            table = rows_to_table(rows)
+            # Which device rendered the shard. The one metadata value that may differ between runs
+            # of the same config (on a multi-GPU node, shard k lands on whichever GPU is free);
+            # on the CPU it is constant, so CPU shards stay byte-identical across worker counts.
+            device = {**self.renderer.device_report(), "binding": self.binding}
+            meta = file_metadata("views", self.identity, self.seed, {"render": self.cfg.settings.to_dict(), "render_device": device})
+            record = write_shard(table, join(self.cfg.views_dir, shard_name("views", first, last)), meta, row_group_rows=group_rows)
+        seconds = time.perf_counter() - started
+        main_cpu = sum(v for k, v in clock.cpu_seconds.items() if k not in clock.overlapped)
+        clock.add("other", max(0.0, seconds - clock.serial_seconds()), max(0.0, time.thread_time() - cpu_started - main_cpu))
         record.update(
             first=first,
             last=last,
             rows=len(rows),
             shape_ids=done,
             failed=failed,
-            seconds=round(time.perf_counter() - started, 3),
+            seconds=round(seconds, 3),
             recycle=self.should_recycle(),
+            stages=clock.record(len(rows)),
         )
+        self._returned_at = time.perf_counter()
         return record
 
     def should_recycle(self) -> bool:
@@ -311,6 +397,7 @@ class ViewShardWriter:
         return _rss_gb() > self.cfg.max_worker_rss_gb
 
     def close(self) -> None:
+        self._encoder.shutdown(wait=True)
         self.renderer.close()
 
 
@@ -332,6 +419,7 @@ class RenderResult:
     retries: int = 0
     workers_started: int = 0
     archived: Path | None = None  # where new_version put the previous views
+    stages: list[dict[str, Any]] = field(default_factory=list)  # per shard: {"views", "seconds": {stage: s}}
 
 
 def pending_shards(views: Manifest, plan: list[tuple[int, int, list[int]]]) -> tuple[list[tuple[int, int, list[int]]], int]:
@@ -513,6 +601,7 @@ def run_render(
                         replace(actor)
                     else:
                         idle.append(actor)
+                    result.stages.append(record.pop("stages"))
                     _commit(views, views_dir, record)
                     result.written.append(record["file"])
                     result.failures.extend({"shape_id": f["shape_id"], "reason": f["reason"]} for f in record["failed_details"])
@@ -567,6 +656,7 @@ def _ledger(manifest: Manifest, shape_ids: list[int], reason: str) -> list[dict[
 
 
 def _commit(manifest: Manifest, directory: Location, record: dict[str, Any]) -> None:
+    record.pop("stages", None)  # timings vary run to run: the manifest must not
     failed = record.pop("failed")
     record["failed"] = [f["shape_id"] for f in failed]
     record["failed_details"] = failed
@@ -586,7 +676,13 @@ class _RenderActor:
     """A Ray actor around ViewShardWriter: Blender starts once in __init__, work per call."""
 
     def __init__(self, cfg: RenderConfig, shapes: Manifest, counter: Any):
-        self.writer = ViewShardWriter(cfg, shapes)
+        import ray
+
+        from zeroverse.gpu_devices import ray_worker_device
+
+        # Ray names the GPUs it gave this actor as the node does (several actors share one with a
+        # fractional --gpus-per-worker); none with --gpus-per-worker 0.
+        self.writer = ViewShardWriter(cfg, shapes, device=ray_worker_device(ray.get_gpu_ids()))
         self.counter = counter
 
     def render_shard(self, first: int, last: int, shape_ids: list[int], attempt: int = 1) -> dict[str, Any]:

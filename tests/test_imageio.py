@@ -42,6 +42,19 @@ def test_encode_png_levels_decode_identically(level):
     np.testing.assert_array_equal(pil_decode(encode_png(image, level)), image)
 
 
+@pytest.mark.parametrize("channels", [1, 3, 4])
+@pytest.mark.parametrize("seed", range(3))
+def test_encode_png_rle_decodes_identically(channels, seed):
+    """The renderer's default (run-length zlib strategy) is lossless like every level."""
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 256, size=(33, 47, channels), dtype=np.uint8)
+    image[:, :20] = 0  # runs, as a transparent background makes
+    image[5:9] = image[4]
+    data = encode_png(image, rle=True)
+    np.testing.assert_array_equal(pil_decode(data).reshape(image.shape), image)
+    assert data != encode_png(image, level=4)  # it is another encoding, not the level-4 one
+
+
 def test_encode_png_wraps_deltas_modulo_256():
     # Rows 255, 0, 255, ...: the 'Up' deltas are +1 / -1 modulo 256.
     image = np.zeros((6, 4, 3), np.uint8)
@@ -130,6 +143,48 @@ def test_read_exr_channels_on_a_blender_exr(tmp_path, depth, dtype):
     for k, name in enumerate("RGBA"):
         assert channels[name].shape == (h, w) and channels[name].dtype == np.float32
         np.testing.assert_array_equal(channels[name], pixels[..., k].astype(dtype).astype(np.float32))
+
+
+def _reverse_chunks(data: bytes) -> bytes:
+    """The same single-part scanline EXR with its line chunks stored bottom line first (the
+    offset table rewritten to match): legal, and not what Blender writes."""
+    import struct
+
+    buf = bytearray(data)
+    pos = 8
+    while buf[pos] != 0:  # attributes: name\0 type\0 size value
+        end = buf.index(b"\0", pos)
+        tend = buf.index(b"\0", end + 1)
+        pos = tend + 5 + struct.unpack_from("<i", buf, tend + 1)[0]
+    table = pos + 1
+    count = (struct.unpack_from("<Q", buf, table)[0] - table) // 8  # the first chunk follows the table
+    offsets = [struct.unpack_from("<Q", buf, table + 8 * i)[0] for i in range(count)]
+    ends = offsets[1:] + [len(buf)]
+    chunks = [bytes(buf[o:e]) for o, e in zip(offsets, ends)]
+    out = bytearray(buf[:table + 8 * count])
+    new_offsets = [0] * count
+    for i in reversed(range(count)):
+        new_offsets[i] = len(out)
+        out += chunks[i]
+    struct.pack_into(f"<{count}Q", out, table, *new_offsets)
+    return bytes(out)
+
+
+@pytest.mark.blender
+def test_read_exr_channels_gathers_lines_stored_out_of_order(tmp_path):
+    """The fast path takes evenly spaced lines in order as one strided block; any other layout
+    must still read right, line by line."""
+    h, w = 6, 5
+    pixels = np.random.default_rng(1).uniform(-1.0, 2.0, size=(h, w, 4)).astype(np.float32)
+    path = tmp_path / "image.exr"
+    _blender_exr(path, pixels, "32")
+    reversed_path = tmp_path / "reversed.exr"
+    reversed_path.write_bytes(_reverse_chunks(path.read_bytes()))
+    assert reversed_path.read_bytes() != path.read_bytes()
+    for p in (path, reversed_path):
+        channels = read_exr_channels(str(p))
+        for k, name in enumerate("RGBA"):
+            np.testing.assert_array_equal(channels[name], pixels[..., k])
 
 
 @pytest.mark.blender

@@ -353,6 +353,8 @@ def test_view_shards_layout_and_metadata(small_root):
         kv = meta.metadata.metadata
         assert json.loads(kv[b"zeroverse.conventions"])["camera"].startswith("OpenCV")
         assert json.loads(kv[b"zeroverse.render"])["resolution"] == 64
+        # Which device rendered it; on the CPU a constant, so shards stay byte-identical across runs.
+        assert json.loads(kv[b"zeroverse.render_device"]) == {"index": None, "engine": "cycles", "device": "CPU", "binding": "none"}
         assert int(kv[b"zeroverse.seed"]) == manifest.seed
         assert meta.metadata.num_row_groups == len(shard["shape_ids"])  # one row group per shape
         assert meta.metadata.num_rows == shard["rows"] == 4 * len(shard["shape_ids"])

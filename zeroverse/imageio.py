@@ -4,6 +4,7 @@ uncompressed multilayer OpenEXR files that Blender writes for render passes."""
 
 from __future__ import annotations
 
+import os
 import struct
 import zlib
 
@@ -16,23 +17,28 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
 
-def encode_png(image: np.ndarray, level: int = 6) -> bytes:
+def encode_png(image: np.ndarray, level: int = 6, rle: bool = False) -> bytes:
     """uint8 [H, W, C] (C = 1, 3 or 4) -> PNG bytes. Every row uses the 'Up' filter: one
     vectorised subtraction, and on rendered images it compresses nearly as well as adaptive
-    filtering at a fraction of the cost."""
+    filtering at a fraction of the cost. `rle`: zlib's run-length strategy instead of `level`;
+    on 512² renders it encoded in half the time of level 4 for 5% more bytes, and decodes to the
+    same pixels as fast (any PNG decoder reads it)."""
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] not in (1, 3, 4):
         raise ValueError(f"encode_png needs uint8 [H, W, 1|3|4], got {image.dtype} {image.shape}")
     h, w, c = image.shape
     colour_type = {1: 0, 3: 2, 4: 6}[c]
     rows = image.reshape(h, w * c)
-    up = np.empty_like(rows)
-    up[0] = rows[0]
-    np.subtract(rows[1:], rows[:-1], out=up[1:])  # uint8 arithmetic wraps modulo 256, as PNG wants
     raw = np.empty((h, w * c + 1), np.uint8)
     raw[:, 0] = 2
-    raw[:, 1:] = up
+    raw[0, 1:] = rows[0]
+    np.subtract(rows[1:], rows[:-1], out=raw[1:, 1:])  # uint8 arithmetic wraps modulo 256, as PNG wants
     header = struct.pack(">IIBBBBB", w, h, 8, colour_type, 0, 0, 0)
-    return _PNG_SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(raw.tobytes(), level)) + _chunk(b"IEND", b"")
+    if rle:
+        compressor = zlib.compressobj(1, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
+        data = compressor.compress(raw) + compressor.flush()
+    else:
+        data = zlib.compress(raw, level)
+    return _PNG_SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", data) + _chunk(b"IEND", b"")
 
 
 def encode_array(array: np.ndarray, dtype: str) -> bytes:
@@ -91,9 +97,14 @@ def read_exr_channels(path: str) -> dict[str, np.ndarray]:
     pass). Reading it needs no OpenEXR library: headers of attributes, a table of chunk offsets
     per part, then chunks of ([part number,] line number, byte count, each channel's samples of
     that line in channel-name order).
+
+    The file is read once into one buffer and float32 channels are strided views into it (no
+    copy); a part whose chunks are not evenly spaced lines in increasing order is gathered line
+    by line. Per 512² view (8 float channels) this cost 10 ms with a copy per line and channel.
     """
     with open(path, "rb") as f:
-        buf = f.read()
+        buf = bytearray(os.fstat(f.fileno()).st_size)
+        f.readinto(buf)
     if buf[:4] != b"\x76\x2f\x31\x01":
         raise ValueError(f"{path} is not an OpenEXR file")
     flags = struct.unpack_from("<I", buf, 4)[0]
@@ -109,8 +120,9 @@ def read_exr_channels(path: str) -> dict[str, np.ndarray]:
             break
     if multipart:
         pos += 1  # the empty header that ends the list
+    raw = np.frombuffer(buf, np.uint8)
     out: dict[str, np.ndarray] = {}
-    for part, header in enumerate(headers):
+    for header in headers:
         if header.get("compression", 0) != 0:
             raise ValueError(f"{path}: EXR compression {header['compression']} is not supported; write with codec 'NONE'")
         xmin, ymin, xmax, ymax = header["dataWindow"]
@@ -120,14 +132,22 @@ def read_exr_channels(path: str) -> dict[str, np.ndarray]:
         pos += 8 * count
         prefix = 12 if multipart else 8  # [part number,] line number, byte count
         line_bytes = sum(_EXR_SIZES[t] for _, t in header["channels"]) * width
-        ys = np.array([struct.unpack_from("<i", buf, int(o) + prefix - 8)[0] for o in offsets]) - ymin
-        lines = np.empty((height, line_bytes), np.uint8)
-        raw = np.frombuffer(buf, np.uint8)
-        for y, o in zip(ys.tolist(), offsets.tolist()):
-            lines[y] = raw[o + prefix:o + prefix + line_bytes]
+        stride = prefix + line_bytes
+        lines = None
+        if count == height and (count == 1 or np.all(np.diff(offsets) == stride)) and offsets[-1] + stride <= len(buf):
+            block = raw[offsets[0]:offsets[0] + count * stride].reshape(count, stride)
+            ys = block[:, prefix - 8:prefix - 4].copy().view("<i4")[:, 0] - ymin
+            if np.array_equal(ys, np.arange(height)):
+                lines = block[:, prefix:]
+        if lines is None:  # any other chunk order: gather line by line
+            ys = np.array([struct.unpack_from("<i", buf, int(o) + prefix - 8)[0] for o in offsets]) - ymin
+            lines = np.empty((height, line_bytes), np.uint8)
+            for y, o in zip(ys.tolist(), offsets.tolist()):
+                lines[y] = raw[o + prefix:o + prefix + line_bytes]
         offset = 0
         for name, pixel_type in header["channels"]:
             n = _EXR_SIZES[pixel_type] * width
-            out[name] = lines[:, offset:offset + n].copy().view(_EXR_DTYPES[pixel_type]).astype(np.float32)
+            values = lines[:, offset:offset + n].view(_EXR_DTYPES[pixel_type])
+            out[name] = values if pixel_type == 2 else values.astype(np.float32)
             offset += n
     return out

@@ -21,7 +21,10 @@ class RenderSettings:
     random_light: bool = False  # per shape: strength U(0.6, 1.4) x colour jitter (seeded)
     max_bounces: int = 4
     positions: bool = False  # also store world positions (derivable from depth + camera)
-    png_level: int = 4
+    png_level: int = 4  # zlib level, when png_rle is off
+    # zlib's run-length strategy: half the encode time of level 4 on renders (13 vs 32 ms per 512²
+    # view on one core) for 5% more PNG bytes (~2% of a view shard), pixels identical.
+    png_rle: bool = True
     threads: int = 1  # CPU threads of one Blender worker (Cycles)
     texture_cache: int = 512  # textures a worker keeps loaded between shapes
 
