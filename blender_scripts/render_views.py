@@ -87,9 +87,10 @@ class BlenderRenderer:
         process was bound to (None: none), the engine, and what Blender reports: the GPU
         renderer string (EEVEE / Workbench; known once a view was rendered, as Blender creates
         its GPU context on the first render) or Cycles' device type."""
-        report = {"index": self.device, "engine": self.settings.engine, "gpu_binding": self.gpu_binding}
+        report = {"index": self.device, "engine": self.settings.engine}
         if self.settings.engine == "cycles":
             return {**report, "device": bpy.context.scene.cycles.device}
+        report["gpu_binding"] = self.gpu_binding
         if self._gpu_report is None:
             import gpu
 
