@@ -24,9 +24,9 @@ if [ -n "${TOY:-}" ]; then  # CPU rehearsal
 fi
 N=${N:-2000}; VIEWS=${VIEWS:-10}; LAYOUT=${LAYOUT:-4}; RES=${RES:-256}; PROCS=${PROCS:-24}; ENGINE=${ENGINE:-eevee}
 PRESET=${PRESET:-small}; BATCH=${BATCH:-8}; LR=${LR:-4e-4}; WARMUP=${WARMUP:-300}; LOWRES=${LOWRES:-128}
-MAIN_MIN=${MAIN_MIN:-9}; ABL_STEPS=${ABL_STEPS:-1000}; ABL_RES=${ABL_RES:-128}; LOG=${LOG:-25}
+MAIN_MIN=${MAIN_MIN:-8}; ABL_STEPS=${ABL_STEPS:-800}; ABL_RES=${ABL_RES:-128}; LOG=${LOG:-25}
 HELDOUT=${HELDOUT:-25}; TARGETS=${TARGETS:-4}; EVAL_RES=${EVAL_RES:-256}; GSO=${GSO:-.device/gso25}; GSO_LIMIT=${GSO_LIMIT:-}
-WORKERS=${WORKERS:-8}; BENCH=${BENCH-1}
+WORKERS=${WORKERS:-8}; BENCH=${BENCH-1}; RENDER_BENCH=${RENDER_BENCH-1}
 mkdir -p "$W" "$OUT"
 
 if [ -z "${PY311:-}" ]; then  # on the GPU machine: Blender's Python 3.11 from the bpy parts
@@ -75,6 +75,16 @@ data-fg)
   t0=$(date +%s)
   $PY311 -m pipelines.local_pool generate --root "$W/data" --n "$N" --shard-size 64 --processes "$(nproc)"
   $PY311 -m pipelines.local_pool generate --root "$W/heldout" --n "$HELDOUT" --seed 1 --shard-size 64 --processes 4
+  tg=$(date +%s)
+  if [ "$NGPU" -gt 0 ] && [ -n "$RENDER_BENCH" ]; then  # end-to-end EEVEE figures on 1 and all GPUs
+    PPG=$(( PROCS / NGPU ))
+    for cfg in "512 0 $PPG" "512 $GPU_LIST $PROCS" "256 0 $PPG"; do
+      set -- $cfg
+      $PY311 bench/render.py --root "$W/data" --engine eevee --resolution "$1" --views 16 --procs "$3" --gpus "$2" \
+        --shards-per-proc 2 --shapes-per-shard 2 --json "$W/render_${1}_gpus${2//,/}.json" > "$W/render_${1}_gpus${2//,/}.txt" 2>&1 || true
+      tail -n 3 "$W/render_${1}_gpus${2//,/}.txt"
+    done
+  fi
   t1=$(date +%s)
   $PY311 -m pipelines.local_pool render --root "$W/data" --views "$VIEWS" --layout-views "$LAYOUT" --resolution "$RES" \
     --engine "$ENGINE" --processes "$PROCS" --shapes-per-shard 16 $(gpus_arg)
@@ -86,7 +96,7 @@ data-fg)
   t3=$(date +%s)
   views=$(( N * VIEWS ))
   printf '{"shapes": %d, "views": %d, "resolution": %d, "generate_s": %d, "render_s": %d, "views_per_s": %.1f, "gpus": %d, "processes": %d, "eval_views_s": %d}\n' \
-    "$N" "$views" "$RES" $((t1 - t0)) $((t2 - t1)) "$(python3 -c "print($views / max(1, $t2 - $t1))")" "$NGPU" "$PROCS" $((t3 - t2)) | tee "$W/data.json"
+    "$N" "$views" "$RES" $((tg - t0)) $((t2 - t1)) "$(python3 -c "print($views / max(1, $t2 - $t1))")" "$NGPU" "$PROCS" $((t3 - t2)) | tee "$W/data.json"
   [ -n "${SMI:-}" ] && kill "$SMI" || true
   echo done > "$W/done"
   ;;
@@ -137,7 +147,10 @@ status)
 results)
   R="$W/results"; rm -rf "$R"; mkdir -p "$R"
   $PY312 bench/onehold_summary.py --work "$W" --out "$R" --ablations "$(printf '%s\n' "${ABLATIONS[@]}" | cut -d'|' -f1,2 | tr '\n' ';')"
-  for f in bench_train.log bench_128.json bench_256.json data.json data.log render_smi.csv main.log main_time.txt; do [ -f "$W/$f" ] && cp "$W/$f" "$R/"; done
+  for f in bench_train.log bench_128.json bench_256.json data.json data.log render_smi.csv main.log main_time.txt \
+           render_512_gpus0.json render_512_gpus01.json render_256_gpus0.json render_512_gpus0.txt render_512_gpus01.txt render_256_gpus0.txt; do
+    [ -f "$W/$f" ] && cp "$W/$f" "$R/"
+  done
   tar czf "$OUT/onehold.tgz" -C "$W" results
   cat "$R/summary.md"
   ;;
