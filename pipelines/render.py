@@ -46,6 +46,7 @@ from zeroverse.shards import (
     open_manifest,
     remove_temporaries,
     shard_name,
+    shard_path,
     write_shard,
 )
 
@@ -137,7 +138,7 @@ def input_problems(cfg: RenderConfig, shapes: Manifest, ids: list[int]) -> dict[
         why = listed_file_problem(cfg.shapes_dir, shard)
         if why is None:
             try:
-                rows = read_metadata(join(cfg.shapes_dir, shard["file"])).num_rows
+                rows = read_metadata(shard_path(cfg.shapes_dir, shard)).num_rows
                 if rows != shard["rows"]:
                     why = f"{rows} rows, the manifest recorded {shard['rows']}"
             except Exception as err:  # noqa: BLE001 - any unreadable footer is damage
@@ -579,7 +580,7 @@ def _commit(manifest: Manifest, directory: Location, record: dict[str, Any]) -> 
     old = manifest.replace_shard(stored)
     manifest.save(directory)
     if old is not None and old["file"] != stored["file"]:
-        delete(join(directory, old["file"]))
+        delete(shard_path(directory, old))  # a shard name only: never a path a hand-edited manifest made up
 
 
 class _RenderActor:

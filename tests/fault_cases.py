@@ -557,6 +557,26 @@ def gen_corrupt_output_rebuilt(run: Run) -> str:
     return "rerun of generate rebuilt the truncated shard (size differs from its record); " + complete(run)
 
 
+def traversal_manifest_refused(run: Run) -> str:
+    """A shapes manifest edited to name '../../victim.txt' for a shard: a rerun would have rebuilt
+    that shard and deleted the file the entry named, outside the root."""
+    run.fresh("shapes")
+    victim = run.work / "victim.txt"
+    victim.write_text("not zeroverse's")
+    manifest = run.root / "shapes" / "manifest.json"
+    good = manifest.read_text()
+    body = json.loads(good)
+    body["shards"][1]["file"] = os.path.relpath(victim, manifest.parent)
+    manifest.write_text(json.dumps(body))
+    for args in (generate_args(run.root), render_args(run.root), ["validate", "--root", str(run.root)]):
+        code, out = run.cli(*args)
+        assert code == 1 and "shard entry 1" in out and "'../../victim.txt'" in out and "Restore that entry" in out, out[-800:]
+        assert "Traceback" not in out
+    assert victim.read_text() == "not zeroverse's" and not (run.root / "views").exists()
+    manifest.write_text(good)  # the fix the message names: restore the entry's file name
+    return "generate, render and validate exit 1 naming entry 1 and the fix, the file outside the root untouched; " + complete(run)
+
+
 # ---- the cases: render ---------------------------------------------------------------------------------
 
 
@@ -812,6 +832,7 @@ CASES = [
     Case("gen-config-refused", "generate again with --seed 8 / --shard-size 3", "refused naming it; root untouched", gen_config_change_refused),
     Case("gen-new-version", "generate --seed 8 --new-version on a finished root", "old version moved intact to versions/1", gen_config_change_new_version),
     Case("gen-truncated-output", "a listed shape shard truncated, generate rerun", "the shard is rebuilt byte-identically", gen_corrupt_output_rebuilt),
+    Case("traversal-manifest", "a shapes manifest entry edited to '../../victim.txt'", "every command refuses the root naming entry and fix; nothing outside deleted", traversal_manifest_refused),
     Case("render-worker-kill9", "render: kill -9 of the worker at shape 3", "retried in a fresh worker; exit 0", render_worker_killed),
     Case("render-blender-crash", "render: Blender segfault at shape 2, twice", "retried, rendered on the 3rd try; exit 0", render_blender_crash_retried),
     Case("render-crash-always", "render: Blender segfault at shape 4 every time", "3 attempts, shard 4-5 ledgered; exit 1", render_crash_every_time_ledgered),

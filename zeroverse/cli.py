@@ -169,6 +169,7 @@ def render(num_views, root, rig, resolution, engine, samples, workers, threads, 
             raise ValueError(f"--gpus-per-worker {gpus_per_worker}: use a fraction of one GPU in [0, 1] (0.25: four workers per GPU)")
         rig_cfg = RigConfig(kind=rig, num_views=num_views, bev=bev)
         RenderSettings(engine=engine, resolution=resolution, samples=samples or 8)  # validates early
+        _check_shapes(root)  # before Ray starts: a wrong --root fails in a second, not after Ray's start-up
         init_ray(address, workers * threads if workers else None)
         gpus = float(ray.cluster_resources().get("GPU", 0))
         resolved = resolve_engine(engine, gpus)
@@ -204,6 +205,17 @@ def render(num_views, root, rig, resolution, engine, samples, workers, threads, 
         f"{result.skipped_shapes} shapes already there, {result.retries} retries{rate})"
     )
     _report_failures(result.failures)
+
+
+def _check_shapes(root) -> None:
+    """Render's input, checked before anything starts: ROOT exists and holds a readable shapes manifest."""
+    from zeroverse.shards import Manifest, is_dir, join
+
+    if not is_dir(root):
+        raise ValueError(f"--root {root} is not a directory; pass the root that `zeroverse generate` wrote (default ./{DEFAULT_ROOT})")
+    shapes = Manifest.load(join(root, "shapes"))  # refuses a damaged manifest, naming the entry and the fix
+    if shapes is None or not shapes.shards:
+        raise ValueError(f"{join(root, 'shapes')} has no shapes manifest; run `zeroverse generate --root {root}` first")
 
 
 @main.command()

@@ -26,7 +26,7 @@ from typing import Any, Iterator, Protocol
 
 import numpy as np
 
-from zeroverse.shards import Manifest
+from zeroverse.shards import Manifest, shard_path
 
 EXPORT_FORMATS = ("glb", "obj", "ply")
 # Smooth normals across edges flatter than this; sharper edges (box edges, boolean rims) stay
@@ -159,7 +159,7 @@ def iter_shape_records(root: str | Path, shape_ids: list[int] | None = None) -> 
     for shard in sorted(manifest.shards, key=lambda s: s["first"]):
         if wanted is not None and not wanted.intersection(shard["shape_ids"]):
             continue
-        table = pq.read_table(directory / shard["file"], columns=list(_RECORD_COLUMNS))
+        table = pq.read_table(shard_path(directory, shard), columns=list(_RECORD_COLUMNS))
         for index, shape_id in enumerate(table.column("shape_id").to_pylist()):
             if wanted is not None and shape_id not in wanted:
                 continue

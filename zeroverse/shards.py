@@ -22,6 +22,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,6 +82,24 @@ class ManifestSaveError(OSError):
 def shard_name(kind: str, first: int, last: int) -> str:
     """File name of the shard holding shape ids first..last (inclusive)."""
     return f"{kind}-{first:09d}-{last:09d}.parquet"
+
+
+# What a manifest may name: the files shard_name writes, and nothing else. A manifest is a plain
+# JSON file that users copy and edit: an entry like "../../victim.txt" must never be read, nor
+# deleted when its shard is replaced.
+SHARD_FILE = re.compile(r"(shapes|views)-[0-9]{9}-[0-9]{9}\.parquet")
+
+
+def shard_path(directory: Location, shard: dict[str, Any]) -> Location:
+    """The file of a listed shard, `directory`/`shard["file"]`, once the name is known to be a
+    shard name (Manifest.load has refused any other; this guards records made in memory)."""
+    name = shard.get("file")
+    if not isinstance(name, str) or not SHARD_FILE.fullmatch(name):
+        raise ValueError(
+            f"{join(directory, MANIFEST_NAME)}: the shard entry for shapes {shard.get('first')}..{shard.get('last')} names "
+            f"the file {name!r}, which is not a shard name; nothing was read or deleted"
+        )
+    return join(directory, name)
 
 
 def shard_ranges(n: int, shard_size: int) -> list[tuple[int, int]]:
@@ -344,7 +363,24 @@ class Manifest:
                 f"{path} has schema_version {data.get('schema_version')!r}; this zeroverse reads {SCHEMA_VERSION}. "
                 "Use a new --root or the zeroverse version that made it."
             )
-        return cls(data["kind"], data["seed"], data["config"], data["config_hash"], data["shards"], data.get("failures", []))
+        manifest = cls(data["kind"], data["seed"], data["config"], data["config_hash"], data["shards"], data.get("failures", []))
+        manifest._check_files(path)
+        return manifest
+
+    def _check_files(self, path: Location) -> None:
+        """Refuses the whole manifest if an entry names anything but one of its kind's shard files
+        (a path like '../../x' would otherwise be read, and deleted when the shard is replaced)."""
+        for i, shard in enumerate(self.shards):
+            name = shard.get("file") if isinstance(shard, dict) else None
+            if not (isinstance(name, str) and SHARD_FILE.fullmatch(name) and name.startswith(f"{self.kind}-")):
+                first = shard.get("first", "?") if isinstance(shard, dict) else "?"
+                example = shard_name(self.kind, 0, 7) if self.kind in KINDS else shard_name("shapes", 0, 7)
+                raise ValueError(
+                    f"{path}: shard entry {i} (first shape {first}) names the file {name!r}, which is not a {self.kind} "
+                    f"shard file name (like {example!r}); the manifest was edited or damaged outside zeroverse, and "
+                    "nothing was read or deleted. Restore that entry's file name, or delete the entry (its shapes are "
+                    "then made again on the next run), or use a new --root"
+                )
 
     def save(self, directory: Location) -> None:
         self.shards.sort(key=lambda s: s["first"])
@@ -391,7 +427,7 @@ class Manifest:
 def listed_file_problem(directory: Location, shard: dict[str, Any], verify: bool = False) -> str | None:
     """Why the file of a listed shard cannot be trusted (missing, another size, with `verify`
     another sha256), or None. Without `verify` it costs one stat: cheap enough for every rerun."""
-    path = join(directory, shard["file"])
+    path = shard_path(directory, shard)
     size = file_size(path)
     if size is None:
         return "listed in the manifest but missing"
@@ -484,7 +520,7 @@ def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
 
 def iter_manifest_files(directory: Location, manifest: Manifest) -> Iterator[Location]:
     for shard in sorted(manifest.shards, key=lambda s: s["first"]):
-        yield join(directory, shard["file"])
+        yield shard_path(directory, shard)
 
 
 def read_shape_rows(directory: Location, shape_ids: list[int] | None = None) -> Iterator[dict[str, Any]]:
@@ -496,7 +532,7 @@ def read_shape_rows(directory: Location, shape_ids: list[int] | None = None) -> 
     for shard in sorted(manifest.shards, key=lambda s: s["first"]):
         if wanted is not None and not wanted.intersection(shard["shape_ids"]):
             continue
-        table = read_table(join(directory, shard["file"]))
+        table = read_table(shard_path(directory, shard))
         for row in table.to_pylist():
             if wanted is None or row["shape_id"] in wanted:
                 yield row
