@@ -228,7 +228,11 @@ class ViewShardWriter:
         from pipelines.texture_bank import open_bank
 
         bank = open_bank(shapes.config.get("textures", {}), cfg.root)
-        self.renderer = BlenderRenderer(cfg.settings, bank.get)
+        from pipelines.scratch import owned_scratch
+
+        # Named after this process, so a later worker removes it if this one is killed (ray.kill).
+        self.scratch = owned_scratch()
+        self.renderer = BlenderRenderer(cfg.settings, bank.get, scratch_dir=self.scratch)
         self.shapes_done = 0
 
     def _read_shapes(self, shape_ids: list[int]) -> dict[int, dict[str, Any]]:
@@ -312,7 +316,10 @@ class ViewShardWriter:
         return _rss_gb() > self.cfg.max_worker_rss_gb
 
     def close(self) -> None:
+        import shutil
+
         self.renderer.close()
+        shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 def _rss_gb() -> float:
@@ -534,9 +541,15 @@ def run_render(
         raise
     finally:
         bar.close()
+        with contextlib.suppress(Exception):  # idle workers remove their scratch before they are killed
+            if idle:
+                ray.wait([actor.close.remote() for actor in idle], num_returns=len(idle), timeout=10)
         for actor in list(idle) + list(starting.values()):
             with contextlib.suppress(Exception):
                 ray.kill(actor)
+        from pipelines.scratch import sweep
+
+        sweep()  # scratch of workers killed on this node earlier in the run (others: swept at the next worker start)
     result.shapes = len(views.shape_ids())
     result.views = sum(s["rows"] for s in views.shards)
     result.seconds = time.perf_counter() - started
@@ -605,6 +618,10 @@ class _RenderActor:
     def ready(self) -> bool:
         """Answers once __init__ (Blender, the texture bank) is done."""
         return True
+
+    def close(self) -> None:
+        """Removes this worker's scratch; the driver calls it before ray.kill of an idle worker."""
+        self.writer.close()
 
     def pid(self) -> int:
         return os.getpid()
