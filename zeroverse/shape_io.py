@@ -196,8 +196,8 @@ def texture_bank_for_root(root: str | Path, cache_dir: str | Path | None = None)
                 "that zeroverse.textures.prepare_folder_bank wrote for it"
             )
         return TextureBank(TextureBankConfig(seed=seed, size=size, resolution=resolution), cache_dir=cache_dir, folder=desc["folder"])
-    # A recorded presets file is used when it exists here; otherwise the bundled presets, and
-    # the hash check below says whether they match the ones the root was made with.
+    # A presets file recorded by an older version is used when it exists here; otherwise the
+    # bundled presets, and the hash check below says whether they match the root's.
     presets = desc.get("presets_source")
     if presets is None or not Path(presets).is_file():
         presets = None

@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from zeroverse import __version__
+from zeroverse import code_version
 from zeroverse.conventions import CONVENTIONS, SCHEMA_VERSION
 
 SHAPE_SCHEMA = pa.schema(
@@ -116,7 +116,7 @@ def file_metadata(kind: str, config: dict[str, Any], seed: int, extra: dict[str,
         "zeroverse.conventions": json.dumps(CONVENTIONS, sort_keys=True),
         "zeroverse.config": json.dumps(config, sort_keys=True),
         "zeroverse.seed": str(seed),
-        "zeroverse.code_version": __version__,
+        "zeroverse.code_version": code_version(),
     }
     for key, value in (extra or {}).items():
         meta[f"zeroverse.{key}"] = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
@@ -388,7 +388,7 @@ class Manifest:
         body = {
             "schema_version": SCHEMA_VERSION,
             "kind": self.kind,
-            "code_version": __version__,
+            "code_version": code_version(),
             "seed": self.seed,
             "config_hash": self.config_hash,
             "config": self.config,
@@ -442,6 +442,30 @@ def config_digest(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
 
+# Keys that older versions put into a config identity although they fix no byte of any shard:
+# the absolute path of the installed texture presets (their content hash is kept). A root made
+# then still resumes from another checkout or venv path: they are left out when it is compared.
+_NOT_IDENTITY = (("textures", "presets_source"),)
+
+
+def _identity_part(config: dict[str, Any]) -> dict[str, Any]:
+    config = json.loads(json.dumps(config))  # a deep copy
+    for *parents, key in _NOT_IDENTITY:
+        node = config
+        for parent in parents:
+            node = node.get(parent) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(key, None)
+    return config
+
+
+def same_identity(existing: Manifest, config: dict[str, Any]) -> bool:
+    """Whether a root's manifest was made with `config` (its recorded hash, or the hash of its
+    config without the keys in _NOT_IDENTITY)."""
+    digest = config_digest(config)
+    return existing.config_hash == digest or config_digest(_identity_part(existing.config)) == digest
+
+
 def open_manifest(directory: Location, kind: str, seed: int, config: dict[str, Any]) -> Manifest:
     """The manifest of `directory`, created (in memory) if absent. A root made with another seed
     or config is refused: mixing them would silently change the dataset. `archive_version` keeps
@@ -464,8 +488,8 @@ def open_manifest(directory: Location, kind: str, seed: int, config: dict[str, A
             "to resume or extend it, pass --new-version to keep it under ROOT/versions/ and start anew, "
             "or pass a new --root. Nothing was changed."
         )
-    if existing.config_hash != digest:
-        changed = _differences(existing.config, config)
+    if not same_identity(existing, config):
+        changed = _differences(_identity_part(existing.config), config)
         raise ValueError(
             f"{directory} was made with another config ({'; '.join(changed[:6])}). Rerun with the "
             "original config to resume or extend it, pass --new-version to keep it under ROOT/versions/ "
@@ -477,7 +501,7 @@ def open_manifest(directory: Location, kind: str, seed: int, config: dict[str, A
 def differs(directory: Location, seed: int, config: dict[str, Any]) -> bool:
     """True when `directory` holds a manifest made with another seed or config."""
     existing = Manifest.load(directory)
-    return existing is not None and (existing.seed != seed or existing.config_hash != config_digest(config))
+    return existing is not None and (existing.seed != seed or not same_identity(existing, config))
 
 
 VERSIONS = "versions"

@@ -586,9 +586,9 @@ def _write_text(path: Path, text: str) -> None:
 
 def _version() -> str:
     try:
-        from zeroverse import __version__
+        from zeroverse import code_version
 
-        return __version__
+        return code_version()
     except Exception:  # noqa: BLE001
         return "unknown"
 
