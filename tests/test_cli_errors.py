@@ -123,3 +123,19 @@ def test_verbose_and_quiet_set_the_log_level_of_zeroverse_loggers(tmp_path, caps
             logger.handlers.clear()
             logger.setLevel(logging.NOTSET)
             logger.propagate = True
+
+
+def test_a_missing_tensorboard_is_said_once(tmp_path, views_root):
+    """metrics.jsonl is always written; TensorBoard is optional, and its absence is said once."""
+    pytest.importorskip("torch")
+    try:
+        import tensorboard  # noqa: F401
+
+        pytest.skip("TensorBoard is installed here")
+    except ImportError:
+        pass
+    result = run("train-lrm", "--preset", "tiny", "--root", str(views_root), "--out", str(tmp_path / "run"), "--steps", "1",
+                 "--batch-size", "1", "--image-size", "16", "--device", "cpu", "--num-workers", "0")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert result.output.count("TensorBoard unavailable") == 1, result.output
+    assert (tmp_path / "run" / "metrics.jsonl").is_file()
