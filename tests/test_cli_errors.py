@@ -122,7 +122,6 @@ def test_verbose_and_quiet_set_the_log_level_of_zeroverse_loggers(tmp_path, caps
             logger = logging.getLogger(name)
             logger.handlers.clear()
             logger.setLevel(logging.NOTSET)
-            logger.propagate = True
 
 
 def test_a_missing_tensorboard_is_said_once(tmp_path, views_root):

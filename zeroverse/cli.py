@@ -108,8 +108,7 @@ def _configure_logging(verbose: bool | None) -> None:
         handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         logger.addHandler(handler)
-        logger.setLevel(level)
-        logger.propagate = False
+        logger.setLevel(level)  # records still propagate: a host's root handlers (pytest's caplog) see them too
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
