@@ -44,12 +44,6 @@ def test_load_refuses_an_entry_that_is_not_a_shard_name(tmp_path, name):
     assert victim.read_text() == "not zeroverse's"
 
 
-def test_a_views_manifest_must_name_views_files(tmp_path):
-    root, _ = _root_with_entry(tmp_path, shard_name("shapes", 0, 1), kind="views")
-    with pytest.raises(ValueError, match="not a views shard file name"):
-        Manifest.load(root / "views")
-
-
 def test_replacing_a_shard_never_deletes_what_a_bad_record_names(tmp_path):
     """The delete path itself (records built in memory bypass Manifest.load)."""
     from pipelines.generate import _commit as commit_shapes

@@ -368,15 +368,16 @@ class Manifest:
         return manifest
 
     def _check_files(self, path: Location) -> None:
-        """Refuses the whole manifest if an entry names anything but one of its kind's shard files
-        (a path like '../../x' would otherwise be read, and deleted when the shard is replaced)."""
+        """Refuses the whole manifest if an entry names anything but a shard file in its own folder
+        (a path like '../../x' would otherwise be read, and deleted when the shard is replaced).
+        A manifest of the wrong kind is left to its readers, which say so in their own terms."""
         for i, shard in enumerate(self.shards):
             name = shard.get("file") if isinstance(shard, dict) else None
-            if not (isinstance(name, str) and SHARD_FILE.fullmatch(name) and name.startswith(f"{self.kind}-")):
+            if not (isinstance(name, str) and SHARD_FILE.fullmatch(name)):
                 first = shard.get("first", "?") if isinstance(shard, dict) else "?"
-                example = shard_name(self.kind, 0, 7) if self.kind in KINDS else shard_name("shapes", 0, 7)
+                example = shard_name(self.kind if self.kind in KINDS else "shapes", 0, 7)
                 raise ValueError(
-                    f"{path}: shard entry {i} (first shape {first}) names the file {name!r}, which is not a {self.kind} "
+                    f"{path}: shard entry {i} (first shape {first}) names the file {name!r}, which is not a "
                     f"shard file name (like {example!r}); the manifest was edited or damaged outside zeroverse, and "
                     "nothing was read or deleted. Restore that entry's file name, or delete the entry (its shapes are "
                     "then made again on the next run), or use a new --root"
