@@ -78,7 +78,7 @@ def test_outputs_that_cannot_be_written_are_refused_before_any_work(tmp_path):
 def test_render_checks_its_root_before_starting_ray(tmp_path):
     started = time.monotonic()
     result = run("render", "--root", str(tmp_path / "nonexistent"))
-    assert result.exit_code == 1 and "is not a directory" in result.output, result.output
+    assert result.exit_code == 1 and "has no shapes manifest: --root" in result.output and "is not a directory" in result.output, result.output
     (tmp_path / "empty").mkdir()
     result = run("render", "--root", str(tmp_path / "empty"))
     assert result.exit_code == 1 and "has no shapes manifest; run `zeroverse generate" in result.output, result.output

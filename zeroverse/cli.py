@@ -266,7 +266,10 @@ def _check_shapes(root) -> None:
     from zeroverse.shards import Manifest, is_dir, join
 
     if not is_dir(root):
-        raise ValueError(f"--root {root} is not a directory; pass the root that `zeroverse generate` wrote (default ./{DEFAULT_ROOT})")
+        raise ValueError(
+            f"{join(root, 'shapes')} has no shapes manifest: --root {root} is not a directory. Pass the root that "
+            f"`zeroverse generate` wrote (default ./{DEFAULT_ROOT}), or run `zeroverse generate --root {root}` first"
+        )
     shapes = Manifest.load(join(root, "shapes"))  # refuses a damaged manifest, naming the entry and the fix
     if shapes is None or not shapes.shards:
         raise ValueError(f"{join(root, 'shapes')} has no shapes manifest; run `zeroverse generate --root {root}` first")
