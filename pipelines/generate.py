@@ -36,6 +36,7 @@ from zeroverse.shards import (
     open_manifest,
     remove_temporaries,
     shard_name,
+    shard_path,
     shard_ranges,
     write_shard,
 )
@@ -310,7 +311,7 @@ def _commit(manifest: Manifest, directory: Location, record: dict[str, Any]) -> 
     old = manifest.replace_shard(record)
     manifest.save(directory)
     if old is not None and old["file"] != record["file"]:
-        delete(join(directory, old["file"]))
+        delete(shard_path(directory, old))  # a shard name only: never a path a hand-edited manifest made up
 
 
 def _ledger_shard(manifest: Manifest, directory: Location, first: int, last: int, reason: str) -> list[dict[str, Any]]:

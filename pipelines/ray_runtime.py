@@ -28,6 +28,7 @@ def init_ray(address: str | None, workers: int | None) -> None:
         )
         return
     _check_reachable(address)
+    _use_cluster_token(address)
     try:
         ray.init(address=address, log_to_driver=True, configure_logging=False)
     except (ConnectionError, RuntimeError, ValueError) as err:
@@ -50,6 +51,82 @@ def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
             f"could not join the Ray cluster at --address {address!r}: nothing answers there ({err}). "
             "Start one with `ray start --head` and pass the address it prints, or omit --address for a local Ray."
         ) from err
+
+
+TOKEN_FIX = (
+    "Copy the head node's token file (~/.ray/auth_token there; `ray get-auth-token` prints it) to "
+    "~/.ray/auth_token on this machine, or set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to it (docs/scaling.md)"
+)
+
+
+def _use_cluster_token(address: str) -> None:
+    """Turns on Ray's token authentication in this driver when the cluster at `address` asks for it.
+
+    Since Ray 2.5x, `ray start --head` enables token authentication whenever a token exists on
+    the head (~/.ray/auth_token: a local `ray.init()` creates one), but a driver that joins an
+    explicit address never enables it by itself (only `address='auto'` does): it sends no token and
+    ray.init retries 'InvalidAuthToken' for 20 s, then fails with a bare ConnectionError. So the
+    GCS is asked once, without a token: if it refuses, the token is found where Ray looks for it
+    (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token), checked against the GCS, and
+    RAY_AUTH_MODE=token is set for this process. A cluster without authentication is joined as
+    before. 'auto' and ray:// addresses are left to Ray."""
+    if "://" in address or ":" not in address or os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
+        return
+    hostport = address
+    if _gcs_answers(hostport, None) is not False:
+        return  # no authentication (or a Ray without it): nothing to add
+    token, source = _local_token()
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
+        raise ValueError(
+            f"the Ray cluster at --address {address!r} requires token authentication, but RAY_AUTH_MODE=disabled "
+            f"is set here: unset it. {TOKEN_FIX}"
+        )
+    if token is None:
+        raise ValueError(f"the Ray cluster at --address {address!r} requires token authentication and no token was found here. {TOKEN_FIX}")
+    if _gcs_answers(hostport, token) is False:
+        raise ValueError(
+            f"the Ray cluster at --address {address!r} refused the token from {source}: it is not that cluster's token. {TOKEN_FIX}"
+        )
+    os.environ["RAY_AUTH_MODE"] = "token"  # read by this process's Ray core, and passed to what it starts
+    with contextlib.suppress(Exception):  # Ray caches its config: refresh it as Ray itself does
+        from ray._raylet import Config
+
+        Config.initialize("")
+
+
+def _local_token() -> tuple[str | None, str]:
+    """(token, where it came from) as Ray looks for it: $RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH,
+    ~/.ray/auth_token; (None, '') when there is none."""
+    if os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return os.environ["RAY_AUTH_TOKEN"].strip(), "$RAY_AUTH_TOKEN"
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.join(os.path.expanduser("~"), ".ray", "auth_token")
+    with contextlib.suppress(OSError):
+        with open(path) as f:
+            token = f.read().strip()
+        if token:
+            return token, path
+    return None, ""
+
+
+def _gcs_answers(hostport: str, token: str | None, timeout_s: float = 10.0) -> bool | None:
+    """Asks the GCS at host:port for its cluster id: True if it answers, False if it refuses the
+    (missing) token, None if it cannot tell (another error, no grpc)."""
+    try:
+        import grpc
+    except ImportError:
+        return None
+    metadata = [("authorization", f"Bearer {token}")] if token else []
+    channel = grpc.insecure_channel(hostport)
+    try:
+        call = channel.unary_unary(
+            "/ray.rpc.NodeInfoGcsService/GetClusterId", request_serializer=lambda b: b, response_deserializer=lambda b: b
+        )
+        call(b"", timeout=timeout_s, metadata=metadata)
+        return True
+    except grpc.RpcError as err:
+        return False if err.code() == grpc.StatusCode.UNAUTHENTICATED else None
+    finally:
+        channel.close()
 
 
 def worker_env() -> dict[str, str]:

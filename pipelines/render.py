@@ -49,6 +49,7 @@ from zeroverse.shards import (
     open_manifest,
     remove_temporaries,
     shard_name,
+    shard_path,
     write_shard,
 )
 
@@ -140,7 +141,7 @@ def input_problems(cfg: RenderConfig, shapes: Manifest, ids: list[int]) -> dict[
         why = listed_file_problem(cfg.shapes_dir, shard)
         if why is None:
             try:
-                rows = read_metadata(join(cfg.shapes_dir, shard["file"])).num_rows
+                rows = read_metadata(shard_path(cfg.shapes_dir, shard)).num_rows
                 if rows != shard["rows"]:
                     why = f"{rows} rows, the manifest recorded {shard['rows']}"
             except Exception as err:  # noqa: BLE001 - any unreadable footer is damage
@@ -278,7 +279,11 @@ class ViewShardWriter:
         from pipelines.texture_bank import open_bank
 
         bank = open_bank(shapes.config.get("textures", {}), source)
-        self.renderer = BlenderRenderer(cfg.settings, bank.get, device=device)
+        from pipelines.scratch import owned_scratch
+
+        # Named after this process, so a later worker removes it if this one is killed (ray.kill).
+        self.scratch = owned_scratch()
+        self.renderer = BlenderRenderer(cfg.settings, bank.get, scratch_dir=self.scratch, device=device)
         # One encode thread: view k is converted and encoded while Blender renders view k + 1.
         # On a GPU the render call is mostly a wait, so this hides the CPU-side work of a view
         # (conversion + PNG: ~25 ms per 512² view) instead of adding it; rows keep their order.
@@ -397,8 +402,11 @@ class ViewShardWriter:
         return _rss_gb() > self.cfg.max_worker_rss_gb
 
     def close(self) -> None:
+        import shutil
+
         self._encoder.shutdown(wait=True)
         self.renderer.close()
+        shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 def _rss_gb() -> float:
@@ -622,9 +630,15 @@ def run_render(
         raise
     finally:
         bar.close()
+        with contextlib.suppress(Exception):  # idle workers remove their scratch before they are killed
+            if idle:
+                ray.wait([actor.close.remote() for actor in idle], num_returns=len(idle), timeout=10)
         for actor in list(idle) + list(starting.values()):
             with contextlib.suppress(Exception):
                 ray.kill(actor)
+        from pipelines.scratch import sweep
+
+        sweep()  # scratch of workers killed on this node earlier in the run (others: swept at the next worker start)
     result.shapes = len(views.shape_ids())
     result.views = sum(s["rows"] for s in views.shards)
     result.seconds = time.perf_counter() - started
@@ -669,7 +683,7 @@ def _commit(manifest: Manifest, directory: Location, record: dict[str, Any]) -> 
     old = manifest.replace_shard(stored)
     manifest.save(directory)
     if old is not None and old["file"] != stored["file"]:
-        delete(join(directory, old["file"]))
+        delete(shard_path(directory, old))  # a shard name only: never a path a hand-edited manifest made up
 
 
 class _RenderActor:
@@ -700,6 +714,10 @@ class _RenderActor:
     def ready(self) -> bool:
         """Answers once __init__ (Blender, the texture bank) is done."""
         return True
+
+    def close(self) -> None:
+        """Removes this worker's scratch; the driver calls it before ray.kill of an idle worker."""
+        self.writer.close()
 
     def pid(self) -> int:
         return os.getpid()

@@ -557,6 +557,26 @@ def gen_corrupt_output_rebuilt(run: Run) -> str:
     return "rerun of generate rebuilt the truncated shard (size differs from its record); " + complete(run)
 
 
+def traversal_manifest_refused(run: Run) -> str:
+    """A shapes manifest edited to name '../../victim.txt' for a shard: a rerun would have rebuilt
+    that shard and deleted the file the entry named, outside the root."""
+    run.fresh("shapes")
+    victim = run.work / "victim.txt"
+    victim.write_text("not zeroverse's")
+    manifest = run.root / "shapes" / "manifest.json"
+    good = manifest.read_text()
+    body = json.loads(good)
+    body["shards"][1]["file"] = os.path.relpath(victim, manifest.parent)
+    manifest.write_text(json.dumps(body))
+    for args in (generate_args(run.root), render_args(run.root), ["validate", "--root", str(run.root)]):
+        code, out = run.cli(*args)
+        assert code == 1 and "shard entry 1" in out and "'../../victim.txt'" in out and "Restore that entry" in out, out[-800:]
+        assert "Traceback" not in out
+    assert victim.read_text() == "not zeroverse's" and not (run.root / "views").exists()
+    manifest.write_text(good)  # the fix the message names: restore the entry's file name
+    return "generate, render and validate exit 1 naming entry 1 and the fix, the file outside the root untouched; " + complete(run)
+
+
 # ---- the cases: render ---------------------------------------------------------------------------------
 
 
@@ -566,6 +586,34 @@ def render_worker_killed(run: Run) -> str:
         result = render(run)
     assert result.failures == [] and result.retries == 1, result
     return "shard 2-3 rerendered in a fresh worker, exit 0; " + complete(run)
+
+
+def render_scratch_swept(run: Run) -> str:
+    """Workers end by ray.kill (a crash, a hang, the end of a run), so none of their own cleanup
+    runs: no worker's scratch folder (its EXR round trips, on /dev/shm) may outlive the run, nor
+    one a worker killed in an earlier run left behind."""
+    run.fresh("shapes")
+    base = run.work / "shm"
+    base.mkdir()
+    probe = "import os; s = open(f'/proc/{os.getpid()}/stat').read().rsplit(')', 1)[1].split(); print(os.getpid(), s[19])"
+    pid, start = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+    earlier = base / f"zv-render-{os.stat('/proc/self/ns/pid').st_ino}-{pid}-{start}-earlier"  # its owner has exited
+    earlier.mkdir()
+    (earlier / "view.exr").write_bytes(b"x" * 4096)
+    saved = os.environ.get("ZEROVERSE_SCRATCH")
+    os.environ["ZEROVERSE_SCRATCH"] = str(base)  # forwarded to the workers like every ZEROVERSE_* variable
+    try:
+        with run.faults("render:kill@3"):
+            result = render(run)
+    finally:
+        if saved is None:
+            os.environ.pop("ZEROVERSE_SCRATCH")
+        else:
+            os.environ["ZEROVERSE_SCRATCH"] = saved
+    assert result.failures == [] and result.retries == 1, result
+    left = sorted(p.name for p in base.iterdir())
+    assert left == [], f"scratch left in {base}: {left}"
+    return "a worker SIGKILLed mid-shard, the rest ray.kill'ed at the end: no scratch folder left, nor an earlier run's; " + complete(run)
 
 
 def render_blender_crash_retried(run: Run) -> str:
@@ -812,7 +860,9 @@ CASES = [
     Case("gen-config-refused", "generate again with --seed 8 / --shard-size 3", "refused naming it; root untouched", gen_config_change_refused),
     Case("gen-new-version", "generate --seed 8 --new-version on a finished root", "old version moved intact to versions/1", gen_config_change_new_version),
     Case("gen-truncated-output", "a listed shape shard truncated, generate rerun", "the shard is rebuilt byte-identically", gen_corrupt_output_rebuilt),
+    Case("traversal-manifest", "a shapes manifest entry edited to '../../victim.txt'", "every command refuses the root naming entry and fix; nothing outside deleted", traversal_manifest_refused),
     Case("render-worker-kill9", "render: kill -9 of the worker at shape 3", "retried in a fresh worker; exit 0", render_worker_killed),
+    Case("render-scratch-leak", "render: worker killed at shape 3, a dead worker's scratch left from before", "no zv-render-* scratch folder left", render_scratch_swept),
     Case("render-blender-crash", "render: Blender segfault at shape 2, twice", "retried, rendered on the 3rd try; exit 0", render_blender_crash_retried),
     Case("render-crash-always", "render: Blender segfault at shape 4 every time", "3 attempts, shard 4-5 ledgered; exit 1", render_crash_every_time_ledgered),
     Case("render-hang", "render: Blender hangs (SIGSTOP) at shape 3, once", f"killed after {FAST_TIMEOUT:g} s silent, retried; exit 0", render_hang_times_out, chaos=True),

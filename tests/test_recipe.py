@@ -118,3 +118,62 @@ def test_config_files_toml_and_yaml(tmp_path):
     with pytest.raises(ValueError, match="not a readable file"):
         load_recipe_config(tmp_path / "missing.toml")
     assert RecipeConfig().digest() != RecipeConfig(boolean_prob=0.31).digest()
+
+
+@pytest.mark.parametrize(
+    "line, key, value",
+    [
+        ('segments = "abc"', "segments", "'abc'"),
+        ("translation_range = -3", "translation_range", "-3"),
+        ("height_field_terms = -2", "height_field_terms", "-2"),
+        ("segments = 40.5", "segments", "40.5"),
+        ("texture_bank_size = 1e12", "texture_bank_size", "1000000000000.0"),
+        ("box_grid = true", "box_grid", "True"),
+        ("boolean_prob = \"0.5\"", "boolean_prob", "'0.5'"),
+        ("semi_axis_range = \"0.2-0.4\"", "semi_axis_range", "'0.2-0.4'"),
+        ("semi_axis_range = [0.5]", "semi_axis_range", "[0.5]"),
+        ("torus_tube_ratio_range = [0.5, 1.5]", "torus_tube_ratio_range", "[0.5, 1.5]"),
+        ("wireframe_segments_range = [4.5, 10]", "wireframe_segments_range", "[4.5, 10]"),
+        ("primitive_kind_weights = [0, 0, 0, 0, 0]", "primitive_kind_weights", "[0, 0, 0, 0, 0]"),
+        ("primitive_kinds = []", "primitive_kinds", "[]"),
+        ("height_field_prob = nan", "height_field_prob", "nan"),
+    ],
+)
+def test_every_config_value_is_checked_naming_key_value_and_range(tmp_path, line, key, value):
+    path = tmp_path / "c.toml"
+    path.write_text(line + "\n")
+    with pytest.raises(ValueError) as err:
+        load_recipe_config(path)
+    said = str(err.value)
+    assert f"recipe config: {key}={value} is not " in said and "docs/config.md" in said, said
+
+
+def test_the_cli_says_it_in_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from zeroverse.cli import main
+
+    for name, text in (("c.yaml", "segments: abc\n"), ("d.yaml", "segments: [1, 2\n"), ("e.toml", "segments = \n")):
+        (tmp_path / name).write_text(text)
+        result = CliRunner().invoke(main, ["generate", "--n", "1", "--root", str(tmp_path / "root"), "--config", str(tmp_path / name)])
+        named = "segments='abc'" if name == "c.yaml" else f"{name}' is not valid"
+        assert result.exit_code == 1 and "Traceback" not in result.output and named in result.output, result.output
+        assert isinstance(result.exception, SystemExit)
+    assert not (tmp_path / "root").exists()
+
+
+def test_every_field_has_a_rule_and_a_line_in_docs_config():
+    import dataclasses
+
+    from zeroverse.recipe import FIELD_RULES, allowed
+
+    names = [f.name for f in dataclasses.fields(RecipeConfig)]
+    assert sorted(FIELD_RULES) == sorted(names)
+    doc = (REPO / "docs" / "config.md").read_text()
+    rows = {line.split("|")[1].strip().strip("`"): line for line in doc.splitlines() if line.startswith("| `")}
+    for name in names:
+        assert name in rows, f"docs/config.md has no row for {name}"
+        assert allowed(FIELD_RULES[name]) in rows[name], f"docs/config.md: {name} should say {allowed(FIELD_RULES[name])!r}"
+        default = getattr(RecipeConfig(), name)
+        shown = json.dumps(list(default) if isinstance(default, tuple) else default)
+        assert f"`{shown}`" in rows[name], f"docs/config.md: {name} should show the default `{shown}`"

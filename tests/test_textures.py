@@ -160,7 +160,7 @@ def test_missing_bundled_presets_fall_back_to_builtin_defaults(tmp_path, monkeyp
     T._bundled_presets.cache_clear()
     try:
         bank = TextureBank(TextureBankConfig(), cache_dir=tmp_path)
-        assert bank.describe()["presets_source"] == "built-in defaults"
+        assert bank.presets_source == "built-in defaults"
         assert bank.describe()["presets_hash"] == expected
     finally:
         T._bundled_presets.cache_clear()

@@ -6,8 +6,11 @@ Heavy packages (bpy, ray, torch) are imported inside the command that needs them
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -54,20 +57,70 @@ class RootType(click.ParamType):
 ROOT = RootType()
 
 
+def _check_writable(path: Path, option: str) -> None:
+    """Refuses an output file that cannot be written, before any work: its folder (or the nearest
+    existing parent, which the command would create it in) must accept a new file. Probed by
+    creating one: permission bits alone say yes to root, and /proc or a read-only mount say no."""
+    import tempfile
+
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{option} {path} is a folder; pass a file name")
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    try:
+        if not parent.is_dir():
+            raise NotADirectoryError(f"{parent} is not a folder")
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".zv-probe-"):
+            pass
+    except OSError as err:
+        raise ValueError(f"{option} {path}: cannot write in {parent} ({getattr(err, 'strerror', None) or err}); choose a writable path") from err
+
+
 def _positive(ctx, param, value):
     if value is not None and value <= 0:
         raise click.BadParameter(f"{value} is not positive; pass an integer >= 1", ctx=ctx, param=param)
     return value
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a record is logged (click's test runner swaps it)."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def _configure_logging(verbose: bool | None) -> None:
+    """One handler on zeroverse's own loggers (zeroverse.*, pipelines.*): INFO by default (what a
+    run decided: resumed from where, TensorBoard missing ...), DEBUG with --verbose, warnings only
+    with --quiet. Other libraries' loggers (Ray's) are left as they are."""
+    level = logging.DEBUG if verbose else logging.WARNING if verbose is False else logging.INFO
+    for name in ("zeroverse", "pipelines"):
+        logger = logging.getLogger(name)
+        for handler in [h for h in logger.handlers if isinstance(h, _StderrHandler)]:
+            logger.removeHandler(handler)  # a second invocation in one process (tests) replaces it
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(level)  # records still propagate: a host's root handlers (pytest's caplog) see them too
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="zeroverse")
-def main() -> None:
+@click.option("--verbose/--quiet", default=None, help="Log debug messages / only warnings and errors (default: info). Before the command: `zeroverse --quiet render ...`.")
+def main(verbose) -> None:
     """Procedural Zeroverse shapes, a Blender render farm on Ray, and a GS-LRM trainer.
 
     Typical run: `zeroverse generate --n 1000`, then `zeroverse render --views 32`, then
     `zeroverse train-lrm`. Every command works on one ROOT directory (default ./zeroverse-data).
     """
+    _configure_logging(verbose)
 
 
 @main.command()
@@ -171,6 +224,7 @@ def render(num_views, root, rig, layout_views, resolution, engine, samples, work
             raise ValueError(f"--gpus-per-worker {gpus_per_worker}: use a fraction of one GPU in [0, 1] (0.25: four workers per GPU)")
         rig_cfg = RigConfig(kind=rig, num_views=num_views, bev=bev, layout_views=layout_views)
         RenderSettings(engine=engine, resolution=resolution, samples=samples or 8)  # validates early
+        _check_shapes(root)  # before Ray starts: a wrong --root fails in a second, not after Ray's start-up
         init_ray(address, workers * threads if workers else None)
         gpus = float(ray.cluster_resources().get("GPU", 0))
         resolved = resolve_engine(engine, gpus)
@@ -208,6 +262,20 @@ def render(num_views, root, rig, layout_views, resolution, engine, samples, work
     _report_failures(result.failures)
 
 
+def _check_shapes(root) -> None:
+    """Render's input, checked before anything starts: ROOT exists and holds a readable shapes manifest."""
+    from zeroverse.shards import Manifest, is_dir, join
+
+    if not is_dir(root):
+        raise ValueError(
+            f"{join(root, 'shapes')} has no shapes manifest: --root {root} is not a directory. Pass the root that "
+            f"`zeroverse generate` wrote (default ./{DEFAULT_ROOT}), or run `zeroverse generate --root {root}` first"
+        )
+    shapes = Manifest.load(join(root, "shapes"))  # refuses a damaged manifest, naming the entry and the fix
+    if shapes is None or not shapes.shards:
+        raise ValueError(f"{join(root, 'shapes')} has no shapes manifest; run `zeroverse generate --root {root}` first")
+
+
 @main.command()
 @click.option("--root", type=ROOT, default=DEFAULT_ROOT, show_default=True, help="A directory or a URI (file://, s3://, gs://, hdfs://).")
 @click.option("--views", "expected_views", type=int, default=None, help="Expected views per shape (default: as rendered).")
@@ -239,9 +307,13 @@ def export(shape_id, root, fmt, out) -> None:
     from zeroverse.shape_io import export_from_root
 
     try:
+        if out is not None:
+            _check_writable(out, "--out")
         result = export_from_root(root, shape_id, fmt, out)
     except ValueError as err:
         raise _fail(err) from err
+    except OSError as err:  # the write itself failed (disk full, a folder vanished ...)
+        raise _storage_failure(err) from err
     click.echo(f"wrote {', '.join(str(f) for f in result.files)} ({result.num_faces} faces)")
 
 
@@ -339,9 +411,10 @@ def train_lrm(root, model, preset, out, steps, batch_size, lr, warmup_steps, wei
             image_every=image_every, ckpt_every=ckpt_every, num_workers=num_workers, seed=seed, device=device, resume=resume, max_minutes=max_minutes,
             model_options=options, **{k: v for k, v in recipe.items() if v is not None or (k == "low_res" and low_res == 0)},
         )
-        result = train(cfg)
-    except (ValueError, FileExistsError, FileNotFoundError) as err:
-        raise _fail(err) from err
+        with _run_folder(root, out, resume):
+            result = train(cfg)
+    except (ValueError, FileExistsError, FileNotFoundError, MemoryError) as err:
+        raise click.ClickException(_train_message(err)) from err
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the run
         click.echo(f"trained to step {result.step}; checkpoint {result.last_checkpoint}; metrics {result.metrics_path}")
 
@@ -393,10 +466,54 @@ def _train_g3r(root, preset, out, steps, batch_size, lr, warmup_steps, weight_de
             log_every=log_every, image_every=image_every, ckpt_every=ckpt_every, seed=seed, resume=resume,
             num_workers=num_workers, device=device, **extra,
         )
-        result = train_g3r(cfg)
+        with _run_folder(root, out, resume):
+            result = train_g3r(cfg)
     except (ValueError, FileExistsError, FileNotFoundError) as err:
-        raise _fail(err) from err
+        raise click.ClickException(_train_message(err)) from err
     click.echo(f"trained G3R to step {result.step}; checkpoint {result.last_checkpoint}; metrics {result.metrics_path}")
+
+
+@contextlib.contextmanager
+def _run_folder(root, out, resume: bool):
+    """train-lrm's checks before the run folder exists, and its cleanup if the run fails at once:
+    ROOT must be a rendered root (else nothing is created); --resume without OUT/latest.pt says
+    that it starts at step 0; a run folder this command created and left empty is removed."""
+    from zeroverse.data.dataset import resolve_views_dir
+
+    resolve_views_dir(root)  # a wrong --root fails here, naming the fix, before OUT is made
+    out = Path(out)
+    main_rank = os.environ.get("RANK", "0") == "0"
+    if resume and not (out / "latest.pt").exists() and main_rank:
+        click.echo(f"warning: --resume, but {out / 'latest.pt'} does not exist: starting a new run at step 0", err=True)
+    existed = out.exists()
+    try:
+        yield
+    except BaseException:
+        if not existed:
+            with contextlib.suppress(OSError):  # only if empty: never remove what a run wrote
+                out.rmdir()
+        raise
+
+
+_CLI_WORDS = [  # the data layer's advice in library terms -> the train-lrm flags that do it
+    (re.compile(r"\bnum_input_views=(\d+)"), r"--num-input-views \1"),
+    (re.compile(r"\bnum_target_views=(\d+)"), r"--num-target-views \1"),
+    (re.compile(r"\bnum_input_views\b"), "--num-input-views"),
+    (re.compile(r"\bnum_target_views\b"), "--num-target-views"),
+    (re.compile(r",\s*([^,.;()]+),? or pass skip_bad=True(?: to skip (?:such|its) shapes)?\."), r", or \1."),  # A, B, or skip -> A, or B
+    (re.compile(r",? or pass skip_bad=True(?: to skip (?:such|its) shapes)?\."), "."),  # A, or skip -> A
+    (re.compile(r"(ask for (?:at most \d+ views in total|fewer(?: views)?|at most \d+ inputs and \d+ targets))"),
+     r"\1 (--num-input-views / --num-target-views)"),
+]
+
+
+def _train_message(err: Exception) -> str:
+    """A training error for the command line: the data layer's hints name ViewDataset arguments
+    (num_input_views=, skip_bad=True) that train-lrm spells as flags or does not offer."""
+    text = str(err)
+    for pattern, replacement in _CLI_WORDS:
+        text = pattern.sub(replacement, text)
+    return text
 
 
 @main.command()
@@ -414,9 +531,11 @@ def refine(checkpoint, root, index, steps, turbo, source_views, heldout_views, o
     from zeroverse.lrm.g3r_train import refine_shape
 
     try:
+        if out is not None:
+            _check_writable(out, "--out")
         report = refine_shape(checkpoint, root, index, steps=steps, out=out, num_source_views=source_views,
                               num_heldout_views=heldout_views, device=device, turbo=turbo)
-    except ValueError as err:
+    except (ValueError, FileNotFoundError) as err:
         raise _fail(err) from err
     click.echo(json.dumps(report.summary(), indent=1))
 
@@ -468,8 +587,9 @@ def export_ply(checkpoint, views_root, index, out, device) -> None:
     from zeroverse.lrm.evaluate import export_ply_from_checkpoint
 
     try:
+        _check_writable(out, "--out")
         result = export_ply_from_checkpoint(checkpoint, views_root, index, out, device=device)
-    except ValueError as err:
+    except (ValueError, FileNotFoundError) as err:
         raise _fail(err) from err
     click.echo(f"wrote {result.path} ({result.num_gaussians} Gaussians, shape {result.name})")
 

@@ -37,6 +37,7 @@ from zeroverse.shape_io import (
     shapes_dir,
     texture_bank_for_root,
 )
+from zeroverse.shards import shard_path
 
 # Candidate pixels per chunk: 2^20 candidates keep the temporaries near 100 MB.
 CHUNK_CANDIDATES = 1 << 20
@@ -390,7 +391,7 @@ def _view_rows(directory: Path, manifest, max_shapes: int, max_views: int):
     columns = ["shape_id", "view", "role", "width", "height", "rgba", "depth"]
     shown = 0
     for shard in sorted(manifest.shards, key=lambda s: s["first"]):
-        parquet = pq.ParquetFile(Path(directory) / shard["file"])
+        parquet = pq.ParquetFile(shard_path(Path(directory), shard))
         for group in range(parquet.num_row_groups):
             rows = parquet.read_row_group(group, columns=columns).to_pylist()
             by_shape: dict[int, list[dict]] = {}

@@ -67,16 +67,8 @@ class RecipeConfig:
     texture_bank_size: int = 1024
 
     def __post_init__(self) -> None:
-        for name in ("height_field_prob", "height_field_primitive_prob", "boolean_prob", "wireframe_prob"):
-            value = getattr(self, name)
-            if not (0.0 <= float(value) <= 1.0):
-                raise ValueError(f"recipe config: {name}={value!r} is not a probability; use a value in [0, 1]")
-        weights = np.asarray(self.primitive_count_weights, dtype=float)
-        if weights.ndim != 1 or len(weights) == 0 or np.any(weights < 0) or weights.sum() <= 0:
-            raise ValueError(
-                f"recipe config: primitive_count_weights={list(self.primitive_count_weights)!r} must be "
-                "non-negative with a positive sum (entry i weights i + 1 primitives)"
-            )
+        for name, rule in FIELD_RULES.items():
+            _check_field(name, getattr(self, name), rule)
         unknown = [k for k in self.primitive_kinds if k not in PRIMITIVE_KINDS]
         if unknown:
             raise ValueError(f"recipe config: unknown primitive kind(s) {unknown}; choose from {list(PRIMITIVE_KINDS)}")
@@ -85,22 +77,6 @@ class RecipeConfig:
                 f"recipe config: primitive_kind_weights has {len(self.primitive_kind_weights)} entries but "
                 f"primitive_kinds has {len(self.primitive_kinds)}; give one weight per kind"
             )
-        for name in (
-            "semi_axis_range",
-            "torus_tube_ratio_range",
-            "height_field_amplitude_range",
-            "height_field_frequency_range",
-            "boolean_cutter_size_range",
-            "wireframe_thickness_range",
-            "wireframe_segments_range",
-        ):
-            low, high = getattr(self, name)
-            if not (0 < low <= high):
-                raise ValueError(f"recipe config: {name}={[low, high]!r} must satisfy 0 < low <= high")
-        if self.segments < 8 or self.box_grid < 1:
-            raise ValueError(f"recipe config: segments={self.segments} (>= 8) and box_grid={self.box_grid} (>= 1)")
-        if self.texture_bank_size < 1:
-            raise ValueError(f"recipe config: texture_bank_size={self.texture_bank_size} must be >= 1")
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
@@ -117,10 +93,86 @@ class RecipeConfig:
         if unknown:
             raise ValueError(
                 f"recipe config: unknown key(s) {unknown}; valid keys are {sorted(known)} "
-                "(see docs/config.md for their meaning and defaults)"
+                "(docs/config.md lists every key, its range and default)"
             )
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
         return cls(**values)
+
+
+# What every RecipeConfig field must be: (kind, low, high, what the value means). Checked for
+# every config (a file's "abc", -3 or 40.5 is refused naming the key, the value and the range)
+# and listed in docs/config.md (a test keeps the two equal). Kinds: "probability" in [0, 1];
+# "number" / "integer" in [low, high]; "range" a pair low <= high in (low, high]; "integer range"
+# the same of integers in [low, high]; "weights" non-negative numbers with a positive sum;
+# "names" a non-empty list of strings.
+FIELD_RULES: dict[str, tuple[str, float, float, str]] = {
+    "primitive_count_weights": ("weights", 0, math.inf, "entry i weights a shape of i + 1 primitives"),
+    "primitive_kinds": ("names", 0, 0, "kinds primitives are drawn from: ellipsoid, box, cylinder, cone, torus"),
+    "primitive_kind_weights": ("weights", 0, math.inf, "one weight per entry of primitive_kinds"),
+    "semi_axis_range": ("range", 0, 100, "semi-axes drawn from U(low, high) before normalisation"),
+    "translation_range": ("number", 0, 100, "primitive centres drawn from U(-t, t)^3"),
+    "torus_tube_ratio_range": ("range", 0, 1, "torus tube radius / ring radius"),
+    "segments": ("integer", 8, 512, "segments around curved primitives (rings: half as many)"),
+    "box_grid": ("integer", 1, 256, "grid cells per box face edge"),
+    "height_field_prob": ("probability", 0, 1, "per shape"),
+    "height_field_primitive_prob": ("probability", 0, 1, "per primitive of a shape with a height field"),
+    "height_field_amplitude_range": ("range", 0, 1, "× the primitive's smallest semi-axis"),
+    "height_field_frequency_range": ("range", 0, 100, "cycles per unit of the local unit primitive"),
+    "height_field_terms": ("integer", 1, 64, "sinusoids summed per height field"),
+    "boolean_prob": ("probability", 0, 1, "per shape"),
+    "boolean_cutter_size_range": ("range", 0, 2, "× the target's smallest semi-axis"),
+    "wireframe_prob": ("probability", 0, 1, "per shape"),
+    "wireframe_thickness_range": ("range", 0, 1, "strut thickness, in semi-axis units"),
+    "wireframe_segments_range": ("integer range", 3, 64, "tessellation of the wireframe's primitive"),
+    "texture_bank_size": ("integer", 1, 1_000_000, "texture ids drawn per region from [0, size)"),
+}
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_)) and math.isfinite(x)
+
+
+def _is_integer(x: Any) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+
+def allowed(rule: tuple[str, float, float, str]) -> str:
+    """The rule in words, e.g. 'an integer in [8, 512]'."""
+    kind, low, high, _ = rule
+    low, high = (int(x) if math.isfinite(x) and float(x).is_integer() else x for x in (low, high))
+    return {
+        "probability": "a number in [0, 1]",
+        "number": f"a number in [{low}, {high}]",
+        "integer": f"an integer in [{low}, {high}]",
+        "range": f"a pair [low, high] of numbers with {low} < low <= high <= {high}",
+        "integer range": f"a pair [low, high] of integers with {low} <= low <= high <= {high}",
+        "weights": "a non-empty list of non-negative numbers with a positive sum",
+        "names": "a non-empty list of names",
+    }[kind]
+
+
+def _check_field(name: str, value: Any, rule: tuple[str, float, float, str]) -> None:
+    kind, low, high, meaning = rule
+    if kind == "probability":
+        ok = _is_number(value) and 0 <= value <= 1
+    elif kind == "number":
+        ok = _is_number(value) and low <= value <= high
+    elif kind == "integer":
+        ok = _is_integer(value) and low <= value <= high
+    elif kind in ("range", "integer range"):
+        element = _is_integer if kind == "integer range" else _is_number
+        ok = isinstance(value, (tuple, list)) and len(value) == 2 and all(element(v) for v in value)
+        ok = ok and (low < value[0] if kind == "range" else low <= value[0]) and value[0] <= value[1] <= high
+    elif kind == "weights":
+        ok = isinstance(value, (tuple, list)) and len(value) > 0 and all(_is_number(v) and v >= 0 for v in value) and sum(value) > 0
+    else:  # names
+        ok = isinstance(value, (tuple, list)) and len(value) > 0 and all(isinstance(v, str) for v in value)
+    if not ok:
+        shown = list(value) if isinstance(value, tuple) else value
+        raise ValueError(
+            f"recipe config: {name}={shown!r} is not {allowed(rule)} ({meaning}); fix it in the --config file "
+            "(docs/config.md lists every key, its range and default)"
+        )
 
 
 def load_recipe_config(path: str | Path | None) -> RecipeConfig:
@@ -134,11 +186,19 @@ def load_recipe_config(path: str | Path | None) -> RecipeConfig:
     if path.suffix.lower() == ".toml":
         import tomllib
 
-        data = tomllib.loads(text)
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as err:
+            raise ValueError(f"--config {str(path)!r} is not valid TOML ({err}); fix that line") from err
     elif path.suffix.lower() in (".yaml", ".yml"):
         import yaml  # only the driver reads configs; Blender never does
 
-        data = yaml.safe_load(text) or {}
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as err:
+            where = getattr(err, "problem_mark", None)
+            line = f" at line {where.line + 1}" if where is not None else ""
+            raise ValueError(f"--config {str(path)!r} is not valid YAML{line} ({getattr(err, 'problem', None) or err}); fix that line") from err
     else:
         raise ValueError(f"--config {str(path)!r}: unknown format {path.suffix!r}; use .toml, .yaml or .yml")
     if not isinstance(data, dict):

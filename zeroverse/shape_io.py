@@ -26,7 +26,7 @@ from typing import Any, Iterator, Protocol
 
 import numpy as np
 
-from zeroverse.shards import Manifest
+from zeroverse.shards import Manifest, shard_path
 
 EXPORT_FORMATS = ("glb", "obj", "ply")
 # Smooth normals across edges flatter than this; sharper edges (box edges, boolean rims) stay
@@ -159,7 +159,7 @@ def iter_shape_records(root: str | Path, shape_ids: list[int] | None = None) -> 
     for shard in sorted(manifest.shards, key=lambda s: s["first"]):
         if wanted is not None and not wanted.intersection(shard["shape_ids"]):
             continue
-        table = pq.read_table(directory / shard["file"], columns=list(_RECORD_COLUMNS))
+        table = pq.read_table(shard_path(directory, shard), columns=list(_RECORD_COLUMNS))
         for index, shape_id in enumerate(table.column("shape_id").to_pylist()):
             if wanted is not None and shape_id not in wanted:
                 continue
@@ -196,8 +196,8 @@ def texture_bank_for_root(root: str | Path, cache_dir: str | Path | None = None)
                 "that zeroverse.textures.prepare_folder_bank wrote for it"
             )
         return TextureBank(TextureBankConfig(seed=seed, size=size, resolution=resolution), cache_dir=cache_dir, folder=desc["folder"])
-    # A recorded presets file is used when it exists here; otherwise the bundled presets, and
-    # the hash check below says whether they match the ones the root was made with.
+    # A presets file recorded by an older version is used when it exists here; otherwise the
+    # bundled presets, and the hash check below says whether they match the root's.
     presets = desc.get("presets_source")
     if presets is None or not Path(presets).is_file():
         presets = None

@@ -22,6 +22,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from zeroverse import __version__
+from zeroverse import code_version
 from zeroverse.conventions import CONVENTIONS, SCHEMA_VERSION
 
 SHAPE_SCHEMA = pa.schema(
@@ -83,6 +84,24 @@ def shard_name(kind: str, first: int, last: int) -> str:
     return f"{kind}-{first:09d}-{last:09d}.parquet"
 
 
+# What a manifest may name: the files shard_name writes, and nothing else. A manifest is a plain
+# JSON file that users copy and edit: an entry like "../../victim.txt" must never be read, nor
+# deleted when its shard is replaced.
+SHARD_FILE = re.compile(r"(shapes|views)-[0-9]{9}-[0-9]{9}\.parquet")
+
+
+def shard_path(directory: Location, shard: dict[str, Any]) -> Location:
+    """The file of a listed shard, `directory`/`shard["file"]`, once the name is known to be a
+    shard name (Manifest.load has refused any other; this guards records made in memory)."""
+    name = shard.get("file")
+    if not isinstance(name, str) or not SHARD_FILE.fullmatch(name):
+        raise ValueError(
+            f"{join(directory, MANIFEST_NAME)}: the shard entry for shapes {shard.get('first')}..{shard.get('last')} names "
+            f"the file {name!r}, which is not a shard name; nothing was read or deleted"
+        )
+    return join(directory, name)
+
+
 def shard_ranges(n: int, shard_size: int) -> list[tuple[int, int]]:
     """Contiguous [first, last] shape-id ranges; a function of (n, shard_size) only, so that the
     same shape always lands in the same shard whatever the number of workers."""
@@ -97,7 +116,7 @@ def file_metadata(kind: str, config: dict[str, Any], seed: int, extra: dict[str,
         "zeroverse.conventions": json.dumps(CONVENTIONS, sort_keys=True),
         "zeroverse.config": json.dumps(config, sort_keys=True),
         "zeroverse.seed": str(seed),
-        "zeroverse.code_version": __version__,
+        "zeroverse.code_version": code_version(),
     }
     for key, value in (extra or {}).items():
         meta[f"zeroverse.{key}"] = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
@@ -344,7 +363,25 @@ class Manifest:
                 f"{path} has schema_version {data.get('schema_version')!r}; this zeroverse reads {SCHEMA_VERSION}. "
                 "Use a new --root or the zeroverse version that made it."
             )
-        return cls(data["kind"], data["seed"], data["config"], data["config_hash"], data["shards"], data.get("failures", []))
+        manifest = cls(data["kind"], data["seed"], data["config"], data["config_hash"], data["shards"], data.get("failures", []))
+        manifest._check_files(path)
+        return manifest
+
+    def _check_files(self, path: Location) -> None:
+        """Refuses the whole manifest if an entry names anything but a shard file in its own folder
+        (a path like '../../x' would otherwise be read, and deleted when the shard is replaced).
+        A manifest of the wrong kind is left to its readers, which say so in their own terms."""
+        for i, shard in enumerate(self.shards):
+            name = shard.get("file") if isinstance(shard, dict) else None
+            if not (isinstance(name, str) and SHARD_FILE.fullmatch(name)):
+                first = shard.get("first", "?") if isinstance(shard, dict) else "?"
+                example = shard_name(self.kind if self.kind in KINDS else "shapes", 0, 7)
+                raise ValueError(
+                    f"{path}: shard entry {i} (first shape {first}) names the file {name!r}, which is not a "
+                    f"shard file name (like {example!r}); the manifest was edited or damaged outside zeroverse, and "
+                    "nothing was read or deleted. Restore that entry's file name, or delete the entry (its shapes are "
+                    "then made again on the next run), or use a new --root"
+                )
 
     def save(self, directory: Location) -> None:
         self.shards.sort(key=lambda s: s["first"])
@@ -352,7 +389,7 @@ class Manifest:
         body = {
             "schema_version": SCHEMA_VERSION,
             "kind": self.kind,
-            "code_version": __version__,
+            "code_version": code_version(),
             "seed": self.seed,
             "config_hash": self.config_hash,
             "config": self.config,
@@ -391,7 +428,7 @@ class Manifest:
 def listed_file_problem(directory: Location, shard: dict[str, Any], verify: bool = False) -> str | None:
     """Why the file of a listed shard cannot be trusted (missing, another size, with `verify`
     another sha256), or None. Without `verify` it costs one stat: cheap enough for every rerun."""
-    path = join(directory, shard["file"])
+    path = shard_path(directory, shard)
     size = file_size(path)
     if size is None:
         return "listed in the manifest but missing"
@@ -404,6 +441,30 @@ def listed_file_problem(directory: Location, shard: dict[str, Any], verify: bool
 
 def config_digest(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# Keys that older versions put into a config identity although they fix no byte of any shard:
+# the absolute path of the installed texture presets (their content hash is kept). A root made
+# then still resumes from another checkout or venv path: they are left out when it is compared.
+_NOT_IDENTITY = (("textures", "presets_source"),)
+
+
+def _identity_part(config: dict[str, Any]) -> dict[str, Any]:
+    config = json.loads(json.dumps(config))  # a deep copy
+    for *parents, key in _NOT_IDENTITY:
+        node = config
+        for parent in parents:
+            node = node.get(parent) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(key, None)
+    return config
+
+
+def same_identity(existing: Manifest, config: dict[str, Any]) -> bool:
+    """Whether a root's manifest was made with `config` (its recorded hash, or the hash of its
+    config without the keys in _NOT_IDENTITY)."""
+    digest = config_digest(config)
+    return existing.config_hash == digest or config_digest(_identity_part(existing.config)) == digest
 
 
 def open_manifest(directory: Location, kind: str, seed: int, config: dict[str, Any]) -> Manifest:
@@ -428,8 +489,8 @@ def open_manifest(directory: Location, kind: str, seed: int, config: dict[str, A
             "to resume or extend it, pass --new-version to keep it under ROOT/versions/ and start anew, "
             "or pass a new --root. Nothing was changed."
         )
-    if existing.config_hash != digest:
-        changed = _differences(existing.config, config)
+    if not same_identity(existing, config):
+        changed = _differences(_identity_part(existing.config), config)
         raise ValueError(
             f"{directory} was made with another config ({'; '.join(changed[:6])}). Rerun with the "
             "original config to resume or extend it, pass --new-version to keep it under ROOT/versions/ "
@@ -441,7 +502,7 @@ def open_manifest(directory: Location, kind: str, seed: int, config: dict[str, A
 def differs(directory: Location, seed: int, config: dict[str, Any]) -> bool:
     """True when `directory` holds a manifest made with another seed or config."""
     existing = Manifest.load(directory)
-    return existing is not None and (existing.seed != seed or existing.config_hash != config_digest(config))
+    return existing is not None and (existing.seed != seed or not same_identity(existing, config))
 
 
 VERSIONS = "versions"
@@ -484,7 +545,7 @@ def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
 
 def iter_manifest_files(directory: Location, manifest: Manifest) -> Iterator[Location]:
     for shard in sorted(manifest.shards, key=lambda s: s["first"]):
-        yield join(directory, shard["file"])
+        yield shard_path(directory, shard)
 
 
 def read_shape_rows(directory: Location, shape_ids: list[int] | None = None) -> Iterator[dict[str, Any]]:
@@ -496,7 +557,7 @@ def read_shape_rows(directory: Location, shape_ids: list[int] | None = None) -> 
     for shard in sorted(manifest.shards, key=lambda s: s["first"]):
         if wanted is not None and not wanted.intersection(shard["shape_ids"]):
             continue
-        table = read_table(join(directory, shard["file"]))
+        table = read_table(shard_path(directory, shard))
         for row in table.to_pylist():
             if wanted is None or row["shape_id"] in wanted:
                 yield row

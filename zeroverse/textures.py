@@ -1117,16 +1117,23 @@ class TextureBank:
             return PROCEDURAL_LICENCE
         return self._index["images"][texture_id]["licence"]
 
+    @property
+    def presets_source(self) -> str | None:
+        """Where the presets were read from (a file, or 'built-in defaults'); not part of
+        describe(), which enters a root's identity: the same presets installed elsewhere (another
+        checkout, another venv) make the same textures."""
+        return getattr(self, "_presets_source", None)
+
     def describe(self) -> dict:
-        """JSON-serialisable description of the bank, for artifact metadata."""
+        """JSON-serialisable description of the bank, for artifact metadata. Content only (seed,
+        size, resolution, hashes): no install path."""
         if self._index is None:
             return {
                 "kind": "procedural",
                 "seed": self.config.seed,
                 "size": self._size,
                 "resolution": self.config.resolution,
-                "presets_hash": _presets_hash(self._presets),
-                "presets_source": self._presets_source,
+                "presets_hash": _presets_hash(self._presets),  # their content; never their path (see presets_source)
                 "generator_version": GENERATOR_VERSION,
                 "bank_hash": self.bank_hash,
                 "licence": PROCEDURAL_LICENCE,

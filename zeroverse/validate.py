@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from zeroverse.shards import SHAPE_SCHEMA, VIEW_SCHEMA, Location, Manifest, exists, is_dir, join, list_files, read_table, sha256_file
+from zeroverse.shards import SHAPE_SCHEMA, VIEW_SCHEMA, Location, Manifest, exists, is_dir, join, list_files, read_table, sha256_file, shard_path
 
 
 @dataclass
@@ -27,7 +27,7 @@ class ValidationReport:
 
 
 def _open_checked(directory: Location, shard: dict, schema, report: ValidationReport):
-    path = join(directory, shard["file"])
+    path = shard_path(directory, shard)
     if not exists(path):
         report.problems.append(f"{path}: listed in the manifest but missing")
         return None
@@ -100,7 +100,7 @@ def validate_views(directory: Location, report: ValidationReport, expected_views
         if table is None:
             continue
         report.shards += 1
-        path = join(directory, shard["file"])
+        path = shard_path(directory, shard)
         counts: dict[int, int] = {}
         indices: dict[int, list[int]] = {}
         for row in table.to_pylist():
@@ -150,7 +150,12 @@ def validate_root(root: Location, expected_views: int | None = None) -> Validati
         report.problems.append(f"{root}: no such directory")
         return report
     shapes, views = join(root, "shapes"), join(root, "views")
-    if Manifest.load(shapes) is None and Manifest.load(views) is None:
+    try:  # a manifest that is not JSON, of another schema, or names files outside its folder
+        loaded = [Manifest.load(shapes), Manifest.load(views)]
+    except ValueError as err:
+        report.problems.append(str(err))
+        return report
+    if loaded == [None, None]:
         report.problems.append(f"{root}: neither shapes/manifest.json nor views/manifest.json exists")
         return report
     for directory in (shapes, views):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -41,10 +42,39 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The checkpoint dict at `path`. FileNotFoundError if there is no such file; ValueError,
+    saying what is wrong with the file, if it is not a checkpoint torch can read weights-only."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    return torch.load(path, map_location=map_location, weights_only=True)
+        what = "is a folder, not a checkpoint file" if path.is_dir() else "does not exist"
+        raise FileNotFoundError(
+            f"checkpoint {path} {what}; pass a latest.pt or ckpt-<step>.pt that `zeroverse train-lrm` wrote in its run folder"
+        )
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, KeyError, EOFError ...
+        raise ValueError(f"checkpoint {path} cannot be read: {_what_is_wrong(path, err)}") from err
+    if not isinstance(state, dict):
+        raise ValueError(f"checkpoint {path} holds a {type(state).__name__}, not the dict `zeroverse train-lrm` writes")
+    return state
+
+
+def _what_is_wrong(path: Path, err: Exception) -> str:
+    """Why torch.load refused `path`, in words: not a torch file, truncated, or foreign objects."""
+    import pickle
+
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if not head.startswith((b"PK\x03\x04", b"\x80")):  # a zip archive (torch >= 1.6), or a legacy pickle
+        return (f"it is not a file torch.save wrote (those are zip archives; this one is {size} bytes "
+                f"starting with {head!r}); pass a latest.pt or ckpt-<step>.pt that `zeroverse train-lrm` wrote")
+    text = " ".join(str(err).split())
+    if isinstance(err, pickle.UnpicklingError):
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        return (f"it holds Python objects beyond tensors and plain values, which are never unpickled "
+                f"({'e.g. ' + found.group(1) if found else text[:200]}); only checkpoints of `zeroverse train-lrm` load")
+    return f"it is damaged or truncated ({size} bytes; {type(err).__name__}: {text.split('. ')[0][:200]})"
 
 
 def save_training_checkpoint(state: dict[str, Any], out_dir: str | Path, step: int) -> Path:

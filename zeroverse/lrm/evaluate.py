@@ -185,6 +185,7 @@ def _scan_views(views_root: str | os.PathLike) -> _ViewsScan:
     import pyarrow.parquet as pq
 
     from zeroverse.data.dataset import resolve_views_dir
+    from zeroverse.shards import shard_path
 
     views_dir, manifest = resolve_views_dir(views_root)
     inputs: dict[int, int] = {}
@@ -194,7 +195,7 @@ def _scan_views(views_root: str | os.PathLike) -> _ViewsScan:
     roles: set[str] = set()
     for shard in manifest.shards:
         try:
-            table = pq.read_table(views_dir / shard["file"], columns=["shape_id", "role", "projection", "width", "height"])
+            table = pq.read_table(shard_path(views_dir, shard), columns=["shape_id", "role", "projection", "width", "height"])
         except Exception:  # noqa: BLE001 - ViewDataset reports damaged shards with its own message
             continue
         cols = [table[c].to_pylist() for c in ("shape_id", "role", "projection", "width", "height")]
@@ -585,9 +586,9 @@ def _write_text(path: Path, text: str) -> None:
 
 def _version() -> str:
     try:
-        from zeroverse import __version__
+        from zeroverse import code_version
 
-        return __version__
+        return code_version()
     except Exception:  # noqa: BLE001
         return "unknown"
 

@@ -1,10 +1,13 @@
 """Export and read one scene of 3D Gaussians as a standard 3DGS .ply (binary little endian).
 
-Vertex properties (all float32), as the 3DGS reference code and common viewers read them:
-    x y z  nx ny nz (zeros)  f_dc_0 f_dc_1 f_dc_2  opacity  scale_0 scale_1 scale_2
-    rot_0 rot_1 rot_2 rot_3
+Vertex properties (all float32), in the order the 3DGS reference code writes and reads them:
+    x y z  nx ny nz (zeros)  f_dc_0 f_dc_1 f_dc_2  f_rest_0 .. f_rest_44 (zeros)  opacity
+    scale_0 scale_1 scale_2  rot_0 rot_1 rot_2 rot_3
 f_dc is the degree-0 spherical-harmonic coefficient, (rgb - 0.5) / C0 with C0 = 0.28209479...;
-opacity is stored as a logit, scales as logs, rotations as normalised wxyz quaternions.
+our Gaussians have view-independent colour, so the higher-degree coefficients f_rest are zeros,
+written because the reference loader (gaussian_model.load_ply) asserts 3·((d+1)² − 1) of them
+for its SH degree d, 3 by default: 45. Opacity is stored as a logit, scales as logs, rotations as
+normalised wxyz quaternions.
 
 Example:
     >>> export_ply(gaussians[0], "scene.ply")   # one scene: tensors [N, ...]
@@ -21,11 +24,17 @@ import torch
 from .gslrm import Gaussians
 
 SH_C0 = 0.28209479177387814
+SH_DEGREE = 3  # the reference loader's default max_sh_degree
+NUM_REST = 3 * ((SH_DEGREE + 1) ** 2 - 1)  # 45 higher-order SH coefficients, 15 per colour channel
 PROPERTIES = (
-    ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2", "opacity"]
+    ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
+    + [f"f_rest_{i}" for i in range(NUM_REST)]
+    + ["opacity"]
     + [f"scale_{i}" for i in range(3)]
     + [f"rot_{i}" for i in range(4)]
 )
+# What read_ply needs: normals and f_rest may be absent (files of older versions, other tools).
+REQUIRED = [p for p in PROPERTIES if p not in ("nx", "ny", "nz") and not p.startswith("f_rest_")]
 
 
 def export_ply(gaussians: Gaussians, path: str | Path) -> Path:
@@ -48,6 +57,7 @@ def export_ply(gaussians: Gaussians, path: str | Path) -> Path:
             g.means.numpy(),
             np.zeros((n, 3)),
             ((g.colors - 0.5) / SH_C0).numpy(),
+            np.zeros((n, NUM_REST)),
             torch.log(opac / (1 - opac)).numpy()[:, None],
             torch.log(g.scales.clamp_min(1e-12)).numpy(),
             quats.numpy(),
@@ -70,8 +80,7 @@ def export_ply(gaussians: Gaussians, path: str | Path) -> Path:
 def read_ply(path: str | Path) -> Gaussians:
     """Read a 3DGS .ply (binary little endian, float properties) into Gaussians [N, ...].
 
-    Extra properties (f_rest_*, ...) are ignored; the ones in PROPERTIES except the normals
-    must be present.
+    Extra properties (f_rest_*, ...) are ignored; the ones in REQUIRED must be present.
     """
     data = Path(path).read_bytes()
     end = data.find(b"end_header\n")
@@ -97,8 +106,7 @@ def read_ply(path: str | Path) -> Gaussians:
             props.append((parts[2], sizes[parts[1]]))
     arr = np.frombuffer(data, dtype=np.dtype(props), count=n, offset=end + len(b"end_header\n"))
     names = set(arr.dtype.names)
-    needed = [p for p in PROPERTIES if not p.startswith("n")]
-    missing = [p for p in needed if p not in names]
+    missing = [p for p in REQUIRED if p not in names]
     if missing:
         raise ValueError(f"{path}: missing properties {missing}")
 
