@@ -133,8 +133,8 @@ class ResidentViews:
         self.stored_size: tuple[int, int] = size
         self.rgba = torch.cat(rgba)  # [R, H, W, 4] uint8, every row of every shape
         self.depth = torch.cat(depth) if self.with_depth else None  # [R, H, W] float32
-        self.c2w = torch.cat(c2w)  # [R, 4, 4] (host: tiny)
-        self.K = torch.cat(K)  # [R, 3, 3] at the stored size
+        self.c2w = torch.cat(c2w).to(self.device)  # [R, 4, 4]
+        self.K = torch.cat(K).to(self.device)  # [R, 3, 3] at the stored size
         self.shapes = shapes
 
     def __len__(self) -> int:
@@ -156,12 +156,14 @@ class ResidentViews:
         cfg = self.config
         rows = [self.rows(e, i) for e, i in keys]
         B, V = len(rows), len(rows[0])
-        flat = torch.tensor([r for rs in rows for r in rs], dtype=torch.long)
         H, W = self.stored_size
         h, w = cfg.resolution or (H, W)
         bg = torch.stack([self.dataset.reader.background(e, self.dataset.entries[i].shape_id) for e, i in keys])
-        bg_rows = bg.to(self.device).repeat_interleave(V, dim=0).view(-1, 3, 1, 1)  # [B*V, 3, 1, 1]
-        x = self.rgba[flat.to(self.device)]  # [B*V, H, W, 4] uint8
+        # Host -> device through pinned memory, asynchronously: a pageable copy would wait for
+        # the GPU to finish the previous step (a host sync per batch).
+        flat = _to(torch.tensor([r for rs in rows for r in rs], dtype=torch.long), self.device)
+        bg_rows = _to(bg, self.device).repeat_interleave(V, dim=0).view(-1, 3, 1, 1)  # [B*V, 3, 1, 1]
+        x = self.rgba[flat]  # [B*V, H, W, 4] uint8
         out: dict[str, Tensor] = {}
         if (h, w) == (H, W):
             # The dataset's fast path, batched: image = bg + (rgb - bg) * alpha.
@@ -177,18 +179,24 @@ class ResidentViews:
         if "alpha" in cfg.channels:
             out[CHANNEL_KEYS["alpha"]] = alpha.reshape(B, V, 1, h, w)
         if self.with_depth:
-            depth = self.depth[flat.to(self.device)][:, None]
+            depth = self.depth[flat][:, None]
             if (h, w) != (H, W):
                 depth, _ = resize_geometry(depth, (h, w), {})
             out[CHANNEL_KEYS["depth"]] = depth.reshape(B, V, 1, h, w)
-        out["c2w"] = self.c2w[flat].reshape(B, V, 4, 4).to(self.device)
-        out["K"] = scale_intrinsics(self.K[flat], w / W, h / H).reshape(B, V, 3, 3).to(self.device)
+        out["c2w"] = self.c2w[flat].reshape(B, V, 4, 4)
+        out["K"] = scale_intrinsics(self.K[flat], w / W, h / H).reshape(B, V, 3, 3)
         out["shape_id"] = torch.tensor([self.dataset.entries[i].shape_id for _, i in keys], dtype=torch.int64)
         out["view_ids"] = torch.from_numpy(
             np.asarray([[int(self.shapes[i].views[r - self.shapes[i].start]) for r in rs] for (_, i), rs in zip(keys, rows)],
                        np.int64))
         out["background"] = bg
         return out
+
+
+def _to(t: Tensor, device: torch.device) -> Tensor:
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 __all__ = ["ResidentViews", "resident_bytes"]

@@ -731,8 +731,16 @@ def _batches(dataset: Dataset, cfg: TrainConfig, rank: int, world: int, step: in
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v
-            for k, v in batch.items()}
+    """Tensors to `device`; host tensors go through pinned memory so the copy never waits for
+    the GPU to finish queued work (a pageable copy would: one host sync per batch)."""
+    def move(v):
+        if not isinstance(v, Tensor) or v.device == device:
+            return v
+        if device.type == "cuda" and v.device.type == "cpu" and not v.is_pinned():
+            v = v.pin_memory()
+        return v.to(device, non_blocking=True)
+
+    return {k: move(v) for k, v in batch.items()}
 
 
 def _split_views(batch: dict, num_inputs: int, patch: int) -> tuple[dict, dict]:
