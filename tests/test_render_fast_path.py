@@ -138,14 +138,18 @@ def decode_row(row: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def tiny_root(tmp_path_factory) -> Path:
-    """3 generated shapes (seed 0) with their texture bank, made without Ray."""
-    from pipelines.generate import GenerateConfig
-    from pipelines.local_pool import run_generate_local
-    from pipelines.texture_bank import prepare_bank
+    """3 generated shapes (seed 0) with their texture bank, made without Ray. In a process of its
+    own: a pool spawned from a process that has imported bpy inherits Blender's script paths in
+    sys.path and its children find Blender's internal `bpy` package (No module named '_bpy')."""
+    import os
+    import subprocess
+    import sys
 
+    repo = Path(__file__).resolve().parents[1]
     root = tmp_path_factory.mktemp("fast_path_root")
-    bank = prepare_bank(root, None, 1024)
-    run_generate_local(GenerateConfig(root=root, n=3, seed=0, shard_size=3, textures=bank.describe()), 1)
+    args = [sys.executable, "-m", "pipelines.local_pool", "generate", "--root", str(root), "--n", "3", "--shard-size", "3", "--processes", "1"]
+    proc = subprocess.run(args, cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "3 shapes, 0 failures" in proc.stdout, proc.stdout + proc.stderr[-3000:]
     return root
 
 
