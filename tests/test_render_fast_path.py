@@ -153,7 +153,10 @@ def tiny_root(tmp_path_factory) -> Path:
     return root
 
 
-def test_fast_render_path_matches_the_reference_on_real_cycles_renders(tiny_root, tmp_path, capsys):
+@pytest.mark.parametrize("encode_thread", [False, True], ids=["inline", "encode-thread"])
+def test_fast_render_path_matches_the_reference_on_real_cycles_renders(tiny_root, tmp_path, capsys, encode_thread):
+    """Both ways the writer encodes: inline (Cycles' default) and in the encode thread beside
+    the next render (the GPU engines' default)."""
     import bpy
 
     from blender_scripts.render_views import BlenderRenderer, quiet_stdout
@@ -169,10 +172,12 @@ def test_fast_render_path_matches_the_reference_on_real_cycles_renders(tiny_root
     settings = RenderSettings(engine="cycles", resolution=48, samples=4, denoise=False)
     rig = RigConfig(num_views=3)
     shapes = Manifest.load(tiny_root / "shapes")
-    writer = ViewShardWriter(RenderConfig(root=tmp_path, rig=rig, settings=settings, shapes_per_shard=3), shapes, source_root=tiny_root)
+    writer = ViewShardWriter(RenderConfig(root=tmp_path, rig=rig, settings=settings, shapes_per_shard=3), shapes, source_root=tiny_root,
+                             encode_thread=encode_thread)  # fmt: skip
     record = writer.render_shard(0, 2, [0, 1, 2])
     writer.close()
     assert record["rows"] == 9 and not record["failed"]
+    assert set(record["stages"]["overlapped"]) == ({"convert", "png", "maps"} if encode_thread else set())
     fast = {(r["shape_id"], r["view"]): decode_row(r) for r in pq.read_table(tmp_path / "views" / record["file"]).to_pylist()}
 
     # The reference renders the same shapes and cameras in a fresh Blender the old way.
@@ -200,7 +205,8 @@ def test_fast_render_path_matches_the_reference_on_real_cycles_renders(tiny_root
     finally:
         renderer.close()
     with capsys.disabled():
-        print(f"\nfast path vs reference on 9 Cycles views: {'identical' if identical else 'within tolerance, not identical'}")
+        print(f"\nfast path ({'encode thread' if encode_thread else 'inline'}) vs reference on 9 Cycles views: "
+              f"{'identical' if identical else 'within tolerance, not identical'}")
 
 
 def test_pass_conversion_is_the_reference_bit_for_bit_on_real_passes(tiny_root, tmp_path):
