@@ -146,6 +146,7 @@ def main(argv: list[str] | None = None) -> None:
         r.add_argument("--processes", type=int, default=mp.cpu_count())
         if name == "render":
             r.add_argument("--timings", action="store_true", help="print the per-stage table of a view (median ms per view over shards)")
+            r.add_argument("--json", type=Path, default=None, help="also write the run's figures and per-stage medians here")
             r.add_argument("--gpus", default=None, help="devices to spread the processes over, round-robin (e.g. 0,1; "
                            "as CUDA numbers them here). Each view shard records the device that rendered it")  # fmt: skip
         r.add_argument("--shapes-per-shard", type=int, default=8)
@@ -188,11 +189,21 @@ def main(argv: list[str] | None = None) -> None:
     steady = "" if result.steady_views_per_s is None else f"; {result.steady_views_per_s:.1f} views/s after each process's first shard"
     print(f"{result.shapes} shapes / {result.views} views, {len(result.failures)} failures, "
           f"{result.seconds:.1f} s ({result.views / max(result.seconds, 1e-9):.1f} views/s end to end{steady})")
-    if args.timings:
-        from zeroverse.render_timing import format_table, overlapped_stages, per_view_medians
+    from zeroverse.render_timing import format_table, overlapped_stages, per_view_medians
 
-        print(format_table({"wall": per_view_medians(result.stages), "CPU": per_view_medians(result.stages, "cpu_seconds")},
-                           overlapped_stages(result.stages)))  # fmt: skip
+    wall, cpu = per_view_medians(result.stages), per_view_medians(result.stages, "cpu_seconds")
+    if args.timings:
+        print(format_table({"wall": wall, "CPU": cpu}, overlapped_stages(result.stages)))
+    if args.json is not None:
+        import json
+
+        report = {
+            "settings": settings.to_dict(), "views_per_shape": args.views, "processes": args.processes, "gpus": args.gpus,
+            "shapes": result.shapes, "views": result.views, "seconds": result.seconds,
+            "views_per_s": result.views / max(result.seconds, 1e-9), "steady_views_per_s": result.steady_views_per_s,
+            "stages_ms": {k: round(v * 1e3, 3) for k, v in wall.items()}, "stages_cpu_ms": {k: round(v * 1e3, 3) for k, v in cpu.items()},
+        }  # fmt: skip
+        args.json.write_text(json.dumps(report, indent=1) + "\n")
 
 
 if __name__ == "__main__":

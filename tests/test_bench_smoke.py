@@ -107,3 +107,16 @@ def test_gpu_experiment_data_phase_toy_mode(tmp_path):
     proc = subprocess.run(["bash", "bench/gpu_experiment.sh", "data"], cwd=REPO, env=full_env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     assert "data: 4 shapes x 2 views" in (tmp_path / "out" / "data.txt").read_text()
+
+
+@pytest.mark.blender
+def test_gpu_experiment_render_phase_toy_mode(tmp_path):
+    """The GPU render measurement (local pool end to end, JSON per resolution) rehearsed on the
+    CPU: Cycles, 4 shapes x 2 views at 32², no nvidia-smi."""
+    env = {"PY311": sys.executable, "PY312": sys.executable, "ENGINE": "cycles", "RN": "4", "RVIEWS": "2", "RPROCS": "2",
+           "RRES": "32", "GPUS": "0", "W": str(tmp_path / "w"), "OUT": str(tmp_path / "out")}  # fmt: skip
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), **env}
+    proc = subprocess.run(["bash", "bench/gpu_experiment.sh", "render"], cwd=REPO, env=full_env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    report = json.loads((tmp_path / "out" / "render_32_gpus0_p2.json").read_text())
+    assert report["views"] == 8 and report["gpus"] == "0" and "render" in report["stages_ms"]
