@@ -8,11 +8,16 @@
 #   train    GS-LRM training starts (background); held-out + gso25 eval views render meanwhile
 #   g3r      G3R data -> G3R training -> bench/g3r.py on held-out shapes and gso25 (background)
 #   status   the logs' last lines
+#   render   end-to-end EEVEE throughput through the local pool at 512² and 256² (RRES) on the
+#            GPUs in GPUS (default 0; e.g. GPUS=0,1 on nvidia-h200-x2), RPROCS processes in all,
+#            per-GPU memory/utilisation sampled meanwhile; figures and per-stage medians in JSON
+#   bench    bench/render.py's per-stage table (processes BENCH_PROCS, after a warm-up shape)
 #   eval     GS-LRM evaluation, PSNR curve, G3R tables -> $OUT
 # Locally, for a toy-size rehearsal:
 #   PY311=.venv/bin/python PY312=.venv/bin/python N=16 VIEWS=8 RES=32 PRESET=tiny bash bench/gpu_experiment.sh data
+#   PY311=.venv/bin/python PY312=.venv/bin/python ENGINE=cycles RN=4 RVIEWS=2 RPROCS=2 RRES=32 bash bench/gpu_experiment.sh render
 set -euo pipefail
-phase=${1:?usage: gpu_experiment.sh data|train|status|eval}
+phase=${1:?usage: gpu_experiment.sh data|train|g3r|status|render|bench|eval}
 W=${W:-/tmp/zv}
 OUT=${OUT:-$W/out}
 N=${N:-1000}; VIEWS=${VIEWS:-12}; RES=${RES:-256}; PROCS=${PROCS:-12}; ENGINE=${ENGINE:-eevee}
@@ -86,8 +91,25 @@ status)
   [ -f "$W/g3r.log" ] && { echo "--- g3r"; tail -c 300 "$W/g3r.log"; echo; tail -n 1 "$W/g3r/metrics.jsonl" 2>/dev/null || true; }
   true
   ;;
+render)  # the farm's own executor end to end (scene build + render + encode + Parquet write)
+  GPUS=${GPUS:-0}; RPROCS=${RPROCS:-12}; RN=${RN:-256}; RVIEWS=${RVIEWS:-16}; RRES=${RRES:-512 256}
+  [ -f "$W/rb/shapes/manifest.json" ] || $PY311 -m pipelines.local_pool generate --root "$W/rb" --n "$RN" --shard-size 64 --processes "$(nproc)"
+  tag="gpus${GPUS//,/-}_p$RPROCS"
+  nvidia-smi --query-gpu=index,utilization.gpu,memory.used --format=csv,noheader -l 2 > "$OUT/smi_$tag.csv" 2>/dev/null &
+  smi=$!
+  for R in $RRES; do
+    rm -rf "$W/rb/views"
+    $PY311 -m pipelines.local_pool render --root "$W/rb" --views "$RVIEWS" --resolution $R --engine "$ENGINE" --processes "$RPROCS" \
+      --shapes-per-shard 8 --gpus "$GPUS" --timings --json "$OUT/render_${R}_$tag.json" 2>/dev/null | sed "s/^/${R}² $tag: /" | tee -a "$OUT/render_e2e.txt"
+  done
+  kill $smi 2>/dev/null || true
+  awk -F', ' '{u[$1]+=$2; m[$1]=($3+0>m[$1]?$3+0:m[$1]); n[$1]++} END {for (g in u) printf "GPU %s: mean util %.0f%%, peak %d MiB\n", g, u[g]/n[g], m[g]}' \
+    "$OUT/smi_$tag.csv" | tee -a "$OUT/render_e2e.txt"
+  ;;
 bench)  # end-to-end EEVEE throughput at 512² for 1, 4 and 8 processes on this GPU
-  $PY311 bench/render.py --root "${BENCH_ROOT:-.device/root}" --engine eevee --resolution 512 --views 16 --procs "${BENCH_PROCS:-1,4,8}" --shards-per-proc 2 --shapes-per-shard 2 | tee "$OUT/render_bench.txt"
+  [ -n "${BENCH_ROOT:-}" ] || { BENCH_ROOT="$W/rb"; [ -f "$W/rb/shapes/manifest.json" ] || $PY311 -m pipelines.local_pool generate --root "$W/rb" --n "${RN:-256}" --shard-size 64 --processes "$(nproc)"; }
+  $PY311 bench/render.py --root "$BENCH_ROOT" --engine "$ENGINE" --resolution "${BENCH_RES:-512}" --views 16 --procs "${BENCH_PROCS:-1,4,8}" \
+    --shards-per-proc 2 --shapes-per-shard 4 ${GPUS:+--gpus $GPUS} --json "$OUT/render_bench.json" | tee "$OUT/render_bench.txt"
   ;;
 eval)  # everything into one archive: a call brings back at most 8 files
   R="$W/results"; rm -rf "$R"; mkdir -p "$R"

@@ -213,17 +213,102 @@ def compare_view_roots(old: Path, new: Path) -> dict:
     return out
 
 
+def _tree_cpu(root_pid: int, seen: dict) -> None:
+    """Adds the CPU seconds (user + system) of `root_pid` and every descendant to `seen`, keyed
+    by (pid, start time) so that a reused pid is another process; sampled, so a process's last
+    moments after the final sample are missed (Ray's workers live for the whole run)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                text = f.read()
+        except OSError:
+            continue
+        name, fields = text[text.index("(") + 1:text.rindex(")")], text.rsplit(")", 1)[1].split()
+        # after the command name: state ppid ... utime(12) stime(13) ... starttime(20)
+        stats[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick, (fields[19], name))
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _, _) in stats.items():
+        children.setdefault(ppid, []).append(pid)
+    todo = [root_pid]
+    while todo:
+        pid = todo.pop()
+        if pid in stats:
+            seen[(pid, stats[pid][2])] = stats[pid][1]
+        todo.extend(children.get(pid, []))
+
+
+def run_cli_render(src: Path, root: Path, shapes: int, args) -> dict:
+    """`zeroverse render` of the first `shapes` shapes of a fresh copy of `root`'s shapes (code
+    from `src`), as a user runs it; wall time and the CPU of the whole process tree (the driver,
+    Ray's daemons and workers, Blender)."""
+    import subprocess
+
+    work = Path(tempfile.mkdtemp(prefix="zv-bench-e2e-"))
+    try:
+        for part in ("shapes", "textures"):
+            if (root / part).exists():
+                shutil.copytree(root / part, work / part)
+        cmd = [sys.executable, "-m", "zeroverse.cli", "render", "--root", str(work), "--views", str(args.views),
+               "--resolution", str(args.resolution), "--engine", args.engine, "--samples", str(args.samples_resolved),
+               "--limit", str(shapes), "--workers", str(args.e2e_workers), "--shapes-per-shard", str(args.shapes_per_shard),
+               "--no-progress"]  # fmt: skip
+        env = dict(os.environ, PYTHONPATH=str(src))
+        env.pop("RAY_ADDRESS", None)
+        seen: dict = {}
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=src, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        while proc.poll() is None:
+            _tree_cpu(proc.pid, seen)
+            time.sleep(0.25)
+        wall = time.perf_counter() - start
+        out, err = proc.communicate()
+        if proc.returncode != 0:
+            raise SystemExit(f"zeroverse render failed ({proc.returncode}):\n{err[-3000:]}")
+        by_name: dict[str, float] = {}
+        for (_, (_, name)), cpu in seen.items():
+            by_name[name] = by_name.get(name, 0.0) + cpu
+        return {"shapes": shapes, "views": shapes * args.views, "wall_s": wall, "cpu_s": sum(seen.values()),
+                "cpu_s_by_process": dict(sorted(by_name.items(), key=lambda kv: -kv[1])), "output": out.strip().splitlines()[-1:]}  # fmt: skip
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def end_to_end(src: Path, root: Path, args) -> dict:
+    """Core-seconds per view through `zeroverse render`, as the difference of two runs of
+    different size (Ray's start-up and the first shape's warm-up cancel)."""
+    small, large = (int(x) for x in args.e2e.split(","))
+    a, b = (run_cli_render(src, root, n, args) for n in (small, large))
+    views = b["views"] - a["views"]
+    wall = (b["wall_s"] - a["wall_s"]) / views
+    # Two readings of "core-seconds per view": the CPU every process of the run burnt (Blender's
+    # thread pools spin while they wait, so this exceeds the work on an idle box), and the
+    # capacity the run occupied: workers x wall time, what a farm of one worker per core pays.
+    return {"runs": [a, b], "cpu_core_s_per_view": (b["cpu_s"] - a["cpu_s"]) / views, "wall_s_per_view": wall,
+            "capacity_core_s_per_view": args.e2e_workers * wall, "workers": args.e2e_workers}  # fmt: skip
+
+
+def export_rev(rev: str, dest: Path) -> Path:
+    """The code of git revision `rev`, exported into `dest` (once)."""
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    if not dest.exists():
+        dest.mkdir(parents=True)
+        archive = subprocess.run(["git", "-C", str(repo), "archive", rev], check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return dest
+
+
 def run_baseline(rev: str, root: Path, args, keep: Path) -> dict:
     """The same benchmark with the code of git revision `rev` (exported with `git archive`), in
     a process of its own; returns its --json report. `rev` must have --json and --keep-views."""
     import subprocess
 
-    repo = Path(__file__).resolve().parents[1]
-    src = keep.parent / f"src-{rev}"
-    if not src.exists():
-        src.mkdir(parents=True)
-        archive = subprocess.run(["git", "-C", str(repo), "archive", rev], check=True, capture_output=True).stdout
-        subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+    src = export_rev(rev, keep.parent / f"src-{rev}")
     report = keep.parent / f"baseline-{keep.name}.json"
     cmd = [sys.executable, str(src / "bench" / "render.py"), "--root", str(root), "--engine", args.engine, "--resolution", str(args.resolution),
            "--samples", str(args.samples_resolved), "--views", str(args.views), "--procs", args.procs, "--threads", str(args.threads),
@@ -255,6 +340,11 @@ def main() -> None:
                         "tables side by side and the largest image differences between the two")  # fmt: skip
     p.add_argument("--rounds", type=int, default=1, help="with --baseline: old/new pairs to run (medians over rounds)")
     p.add_argument("--gpus", default=None, help="spread the processes over these devices, round-robin (e.g. 0,1)")
+    p.add_argument("--e2e", default=None, metavar="SMALL,LARGE",
+                   help="instead: core-seconds per view through `zeroverse render` itself (Ray, default render settings), "
+                        "from two runs of SMALL and LARGE shapes (their difference: Ray's start-up cancels); with --baseline, "
+                        "REV's code too")  # fmt: skip
+    p.add_argument("--e2e-workers", type=int, default=os.cpu_count() or 1, help="--workers of those `zeroverse render` runs (default: one per core)")
     args = p.parse_args()
     args.samples_resolved = samples = args.samples or (16 if args.engine == "eevee" else 8)
     procs = [int(x) for x in args.procs.split(",")]
@@ -265,6 +355,31 @@ def main() -> None:
         root = make_root(Path(tempfile.mkdtemp(prefix="zv-bench-root-")), args.shapes)
     settings = RenderSettings(engine=args.engine, resolution=args.resolution, samples=samples, denoise=args.denoise, threads=args.threads)
     report = {"settings": settings.to_dict(), "views_per_shape": args.views, "shapes_per_shard": args.shapes_per_shard}
+    if args.e2e:
+        repo = Path(__file__).resolve().parents[1]
+        sides = {"new": repo}
+        work = Path(tempfile.mkdtemp(prefix="zv-bench-e2e-src-"))
+        try:
+            if args.baseline:
+                sides = {"old": export_rev(args.baseline, work / "old"), **sides}
+            results = {side: end_to_end(src, root, args) for side, src in sides.items()}
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        print(f"zeroverse render end to end ({args.e2e_workers} worker(s), {args.views} views/shape, {args.shapes_per_shard} shapes/shard, "
+              f"default denoising), the difference of {args.e2e.replace(',', ' and ')} shapes:")  # fmt: skip
+        for side, r in results.items():
+            a, b = r["runs"]
+            print(f"  {side}: {r['capacity_core_s_per_view']:.3f} core-s/view as workers x wall, {r['cpu_core_s_per_view']:.3f} as CPU burnt; "
+                  f"{r['wall_s_per_view']:.3f} s/view wall "
+                  f"(runs: {a['views']} views {a['wall_s']:.1f} s / {a['cpu_s']:.1f} core-s, {b['views']} views {b['wall_s']:.1f} s / {b['cpu_s']:.1f} core-s)")  # fmt: skip
+            names = sorted(set(a["cpu_s_by_process"]) | set(b["cpu_s_by_process"]), key=lambda n: -b["cpu_s_by_process"].get(n, 0.0))
+            per_view = {n: (b["cpu_s_by_process"].get(n, 0.0) - a["cpu_s_by_process"].get(n, 0.0)) / (b["views"] - a["views"]) for n in names}
+            print("    core-s/view by process: " + ", ".join(f"{n} {v:.3f}" for n, v in per_view.items() if abs(v) >= 0.005))
+        report["e2e"] = results
+        if args.json is not None:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(report, indent=1) + "\n")
+        return
     print(f"render benchmark: engine {args.engine}, {args.resolution}², {samples} samples{'' if args.denoise or args.engine != 'cycles' else ' (no denoising)'}, {args.views} views/shape, "
           f"{args.threads} thread(s)/process, end to end (build + render + encode + write)")
     if args.baseline:

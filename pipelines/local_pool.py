@@ -100,6 +100,7 @@ def run_render_local(cfg, processes: int, gpus: list[int] | None = None):
     result = RenderResult(skipped_shapes=done, workers_started=processes)
     total = sum(len(s) for _, _, s in todo)
     finished = 0
+    arrivals: list[tuple[float, int]] = []  # (time, views) per finished shard
     ctx = mp.get_context("spawn")
     started_workers = ctx.Value("i", 0)
     with ctx.Pool(processes, initializer=_init_render, initargs=(cfg, shapes, gpus, started_workers)) as pool:
@@ -110,8 +111,14 @@ def run_render_local(cfg, processes: int, gpus: list[int] | None = None):
             result.written.append(record["file"])
             result.failures.extend({"shape_id": f["shape_id"], "reason": f["reason"]} for f in record.pop("failed_details"))
             finished += len(record["shape_ids"]) + len(record["failed"])
+            arrivals.append((time.perf_counter(), record["rows"]))
             _progress(finished, total, "shapes", started)
     print(file=sys.stderr)
+    # Throughput once every process has finished a shard: Blender's start-up and EEVEE's shader
+    # compile (16-20 s per process on an H200) left out, as a long run amortises them.
+    if len(arrivals) > processes:
+        t0 = arrivals[processes - 1][0]
+        result.steady_views_per_s = sum(v for _, v in arrivals[processes:]) / max(1e-9, arrivals[-1][0] - t0)
     result.shapes = len(views.shape_ids())
     result.views = sum(s["rows"] for s in views.shards)
     result.seconds = time.perf_counter() - started
@@ -138,6 +145,8 @@ def main(argv: list[str] | None = None) -> None:
         r.add_argument("--threads", type=int, default=1)
         r.add_argument("--processes", type=int, default=mp.cpu_count())
         if name == "render":
+            r.add_argument("--timings", action="store_true", help="print the per-stage table of a view (median ms per view over shards)")
+            r.add_argument("--json", type=Path, default=None, help="also write the run's figures and per-stage medians here")
             r.add_argument("--gpus", default=None, help="devices to spread the processes over, round-robin (e.g. 0,1; "
                            "as CUDA numbers them here). Each view shard records the device that rendered it")  # fmt: skip
         r.add_argument("--shapes-per-shard", type=int, default=8)
@@ -179,8 +188,24 @@ def main(argv: list[str] | None = None) -> None:
     from zeroverse.gpu_devices import parse_gpu_list
 
     result = run_render_local(cfg, args.processes, parse_gpu_list(args.gpus))
+    steady = "" if result.steady_views_per_s is None else f"; {result.steady_views_per_s:.1f} views/s after each process's first shard"
     print(f"{result.shapes} shapes / {result.views} views, {len(result.failures)} failures, "
-          f"{result.seconds:.1f} s ({result.views / max(result.seconds, 1e-9):.1f} views/s end to end)")
+          f"{result.seconds:.1f} s ({result.views / max(result.seconds, 1e-9):.1f} views/s end to end{steady})")
+    from zeroverse.render_timing import format_table, overlapped_stages, per_view_medians
+
+    wall, cpu = per_view_medians(result.stages), per_view_medians(result.stages, "cpu_seconds")
+    if args.timings:
+        print(format_table({"wall": wall, "CPU": cpu}, overlapped_stages(result.stages)))
+    if args.json is not None:
+        import json
+
+        report = {
+            "settings": settings.to_dict(), "views_per_shape": args.views, "processes": args.processes, "gpus": args.gpus,
+            "shapes": result.shapes, "views": result.views, "seconds": result.seconds,
+            "views_per_s": result.views / max(result.seconds, 1e-9), "steady_views_per_s": result.steady_views_per_s,
+            "stages_ms": {k: round(v * 1e3, 3) for k, v in wall.items()}, "stages_cpu_ms": {k: round(v * 1e3, 3) for k, v in cpu.items()},
+        }  # fmt: skip
+        args.json.write_text(json.dumps(report, indent=1) + "\n")
 
 
 if __name__ == "__main__":

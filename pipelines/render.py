@@ -18,7 +18,7 @@ import os
 import time
 import traceback
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -243,9 +243,19 @@ def rows_to_table(rows: list[dict[str, Any]]) -> pa.Table:
     return pa.Table.from_arrays([pa.array([r[f.name] for r in rows], type=f.type) for f in VIEW_SCHEMA], schema=VIEW_SCHEMA)
 
 
+def _run_now(fn: Callable, *args: Any) -> Future:
+    """fn(*args) in this thread, as a finished Future (the writer without an encode thread)."""
+    future: Future = Future()
+    try:
+        future.set_result(fn(*args))
+    except Exception as err:  # noqa: BLE001 - handed over like a thread's exception
+        future.set_exception(err)
+    return future
+
+
 def _convert_and_encode(shape_id: int, v: int, channels: dict[str, np.ndarray], cameras, settings: RenderSettings) -> tuple[dict[str, Any], StageClock]:
-    """Runs in the writer's encode thread: raw passes -> a VIEW_SCHEMA row (numpy and zlib
-    release the GIL, so this overlaps Blender rendering the next view)."""
+    """Raw passes -> a VIEW_SCHEMA row; in the writer's encode thread for GPU engines (numpy and
+    zlib release the GIL, so this overlaps Blender rendering the next view)."""
     from blender_scripts.render_views import passes_to_view
 
     clock = StageClock()
@@ -258,10 +268,12 @@ class ViewShardWriter:
     """Renders view shards in one long-lived Blender. Ray-free: the farm wraps it in an actor,
     the GPU benchmark drives it from a plain process."""
 
-    def __init__(self, cfg: RenderConfig, shapes: Manifest, source_root: Location | None = None, device: int | None = None):
+    def __init__(self, cfg: RenderConfig, shapes: Manifest, source_root: Location | None = None, device: int | None = None,
+                 encode_thread: bool | None = None):  # fmt: skip
         """`source_root`: the root whose shapes and texture cache are read (default cfg.root); the
         benchmark reads a prepared root and writes its views elsewhere. `device`: the physical
-        GPU this worker renders on (zeroverse.gpu_devices), or None."""
+        GPU this worker renders on (zeroverse.gpu_devices), or None. `encode_thread`: convert
+        and encode beside the next render (default: for the GPU engines)."""
         # Bound before bpy is imported: Blender reads its GPU set-up when it starts.
         from blender_scripts.gpu_binding import bind_render_device
 
@@ -284,10 +296,13 @@ class ViewShardWriter:
         # Named after this process, so a later worker removes it if this one is killed (ray.kill).
         self.scratch = owned_scratch()
         self.renderer = BlenderRenderer(cfg.settings, bank.get, scratch_dir=self.scratch, device=device)
-        # One encode thread: view k is converted and encoded while Blender renders view k + 1.
-        # On a GPU the render call is mostly a wait, so this hides the CPU-side work of a view
-        # (conversion + PNG: ~25 ms per 512² view) instead of adding it; rows keep their order.
-        self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zv-encode")
+        # GPU engines: one encode thread converts and encodes view k while Blender renders view
+        # k + 1. The render call is then mostly a wait on the GPU, so this takes the CPU-side work
+        # of a view (conversion + PNG + maps: ~36 ms per 512² view on one core of the CPU box) off
+        # the worker's critical path; rows keep their order. Cycles on the CPU keeps every core
+        # busy already (a worker per core): there the extra thread only oversubscribes.
+        threaded = cfg.settings.engine in ("eevee", "workbench") if encode_thread is None else encode_thread
+        self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zv-encode") if threaded else None
         self.shapes_done = 0
         self._returned_at: float | None = None  # end of the previous render_shard: the gap to the next is the driver's
 
@@ -327,19 +342,21 @@ class ViewShardWriter:
         bound = float(np.linalg.norm(mesh.vertices, axis=1).max())
         cameras = make_cameras(self.cfg.rig, rig_rng(self.seed, sid), s.resolution, bound)
         self.renderer.set_light(*shape_light(s, self.seed, sid))
+        submit = self._encoder.submit if self._encoder is not None else _run_now
         pending = []
         try:
             with contextlib.closing(self.renderer.render_passes(mesh, textures, cameras, clock)) as passes:
                 for v, channels in enumerate(passes):
-                    pending.append(self._encoder.submit(_convert_and_encode, sid, v, channels, cameras, s))
+                    pending.append(submit(_convert_and_encode, sid, v, channels, cameras, s))
         finally:
-            with clock("encode_wait"):
-                futures_wait(pending)  # nothing of this shape may still run when it is retried or the next begins
+            if self._encoder is not None:
+                with clock("encode_wait"):
+                    futures_wait(pending)  # nothing of this shape may still run when it is retried or the next begins
         rows = []
         for future in pending:
             row, encode_clock = future.result()
             rows.append(row)
-            clock.merge(encode_clock, overlapped=True)
+            clock.merge(encode_clock, overlapped=self._encoder is not None)
         return rows
 
     def render_shard(self, first: int, last: int, shape_ids: list[int], on_views: Callable[[int], None] | None = None) -> dict[str, Any]:
@@ -404,7 +421,8 @@ class ViewShardWriter:
     def close(self) -> None:
         import shutil
 
-        self._encoder.shutdown(wait=True)
+        if self._encoder is not None:
+            self._encoder.shutdown(wait=True)
         self.renderer.close()
         shutil.rmtree(self.scratch, ignore_errors=True)
 
@@ -427,7 +445,8 @@ class RenderResult:
     retries: int = 0
     workers_started: int = 0
     archived: Path | None = None  # where new_version put the previous views
-    stages: list[dict[str, Any]] = field(default_factory=list)  # per shard: {"views", "seconds": {stage: s}}
+    stages: list[dict[str, Any]] = field(default_factory=list)  # per shard: render_timing.StageClock.record()
+    steady_views_per_s: float | None = None  # local pool: once every process finished a shard (start-up left out)
 
 
 def pending_shards(views: Manifest, plan: list[tuple[int, int, list[int]]]) -> tuple[list[tuple[int, int, list[int]]], int]:

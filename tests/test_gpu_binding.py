@@ -42,12 +42,11 @@ def gpu_memory() -> dict[int, int]:
 
 
 def make_root(root: Path) -> Path:
-    from pipelines.generate import GenerateConfig
-    from pipelines.local_pool import run_generate_local
-    from pipelines.texture_bank import prepare_bank
-
-    bank = prepare_bank(root, None, 1024)
-    run_generate_local(GenerateConfig(root=root, n=SHAPES, seed=0, shard_size=SHAPES, textures=bank.describe()), 2)
+    """SHAPES generated shapes, in a process of its own (a pool spawned from a process that has
+    imported bpy finds Blender's internal `bpy` package first)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    args = ["generate", "--root", str(root), "--n", str(SHAPES), "--shard-size", str(SHAPES), "--processes", "2"]
+    subprocess.run([sys.executable, "-m", "pipelines.local_pool", *args], cwd=REPO, env=env, check=True, capture_output=True)
     return root
 
 

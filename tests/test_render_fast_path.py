@@ -138,18 +138,25 @@ def decode_row(row: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def tiny_root(tmp_path_factory) -> Path:
-    """3 generated shapes (seed 0) with their texture bank, made without Ray."""
-    from pipelines.generate import GenerateConfig
-    from pipelines.local_pool import run_generate_local
-    from pipelines.texture_bank import prepare_bank
+    """3 generated shapes (seed 0) with their texture bank, made without Ray. In a process of its
+    own: a pool spawned from a process that has imported bpy inherits Blender's script paths in
+    sys.path and its children find Blender's internal `bpy` package (No module named '_bpy')."""
+    import os
+    import subprocess
+    import sys
 
+    repo = Path(__file__).resolve().parents[1]
     root = tmp_path_factory.mktemp("fast_path_root")
-    bank = prepare_bank(root, None, 1024)
-    run_generate_local(GenerateConfig(root=root, n=3, seed=0, shard_size=3, textures=bank.describe()), 1)
+    args = [sys.executable, "-m", "pipelines.local_pool", "generate", "--root", str(root), "--n", "3", "--shard-size", "3", "--processes", "1"]
+    proc = subprocess.run(args, cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "3 shapes, 0 failures" in proc.stdout, proc.stdout + proc.stderr[-3000:]
     return root
 
 
-def test_fast_render_path_matches_the_reference_on_real_cycles_renders(tiny_root, tmp_path, capsys):
+@pytest.mark.parametrize("encode_thread", [False, True], ids=["inline", "encode-thread"])
+def test_fast_render_path_matches_the_reference_on_real_cycles_renders(tiny_root, tmp_path, capsys, encode_thread):
+    """Both ways the writer encodes: inline (Cycles' default) and in the encode thread beside
+    the next render (the GPU engines' default)."""
     import bpy
 
     from blender_scripts.render_views import BlenderRenderer, quiet_stdout
@@ -165,10 +172,12 @@ def test_fast_render_path_matches_the_reference_on_real_cycles_renders(tiny_root
     settings = RenderSettings(engine="cycles", resolution=48, samples=4, denoise=False)
     rig = RigConfig(num_views=3)
     shapes = Manifest.load(tiny_root / "shapes")
-    writer = ViewShardWriter(RenderConfig(root=tmp_path, rig=rig, settings=settings, shapes_per_shard=3), shapes, source_root=tiny_root)
+    writer = ViewShardWriter(RenderConfig(root=tmp_path, rig=rig, settings=settings, shapes_per_shard=3), shapes, source_root=tiny_root,
+                             encode_thread=encode_thread)  # fmt: skip
     record = writer.render_shard(0, 2, [0, 1, 2])
     writer.close()
     assert record["rows"] == 9 and not record["failed"]
+    assert set(record["stages"]["overlapped"]) == ({"convert", "png", "maps"} if encode_thread else set())
     fast = {(r["shape_id"], r["view"]): decode_row(r) for r in pq.read_table(tmp_path / "views" / record["file"]).to_pylist()}
 
     # The reference renders the same shapes and cameras in a fresh Blender the old way.
@@ -196,7 +205,8 @@ def test_fast_render_path_matches_the_reference_on_real_cycles_renders(tiny_root
     finally:
         renderer.close()
     with capsys.disabled():
-        print(f"\nfast path vs reference on 9 Cycles views: {'identical' if identical else 'within tolerance, not identical'}")
+        print(f"\nfast path ({'encode thread' if encode_thread else 'inline'}) vs reference on 9 Cycles views: "
+              f"{'identical' if identical else 'within tolerance, not identical'}")
 
 
 def test_pass_conversion_is_the_reference_bit_for_bit_on_real_passes(tiny_root, tmp_path):
