@@ -6,7 +6,6 @@ Evaluation then reads them with the same ViewDataset (view_sampling="eval"). Obj
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 from typing import Any

@@ -13,7 +13,6 @@ Actors are recycled after `recycle_after` shapes or when their memory grows past
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import time
 import traceback

@@ -12,17 +12,11 @@ import torch
 
 from zeroverse.cameras import RigConfig, make_cameras, rig_identity, rig_rng
 from zeroverse.lrm import rasterizer
-from zeroverse.lrm.camera_rays import intrinsics_from_fov, look_at
 from zeroverse.lrm.gslrm import GSLRM, GSLRMConfig
 from zeroverse.lrm.train import RunClock, TrainConfig, downsample_batch, train
 
 
-def _cameras(B, V, size, radius=2.5):
-    az = torch.arange(V) * (2 * math.pi / V) + 0.3
-    eye = torch.stack([radius * az.cos(), radius * az.sin(), torch.full_like(az, 0.9)], -1)
-    c2w = look_at(eye, torch.zeros(3)).expand(B, V, 4, 4).contiguous()
-    K = intrinsics_from_fov(50.0, size, size).expand(B, V, 3, 3).contiguous()
-    return c2w, K
+from test_lrm_model import _cameras  # noqa: E402  (cameras on a ring around the object)
 
 
 @pytest.mark.parametrize("radius", [1.8, 2.5, 3.1])

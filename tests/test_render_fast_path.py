@@ -32,21 +32,13 @@ RGBA_TOL, DEPTH_REL_TOL, NORMAL_TOL = 1, 1e-3, 1e-3  # 8-bit steps, relative, ab
 
 
 def reference_read_exr(path: str) -> dict[str, np.ndarray]:
-    from zeroverse.imageio import _EXR_DTYPES, _EXR_SIZES, _read_header
+    from zeroverse.imageio import _EXR_DTYPES, _EXR_SIZES, _read_headers
 
     with open(path, "rb") as f:
         buf = f.read()
     flags = struct.unpack_from("<I", buf, 4)[0]
     multipart = bool(flags & 0x1000)
-    pos = 8
-    headers = []
-    while True:
-        header, pos = _read_header(buf, pos)
-        headers.append(header)
-        if not multipart or buf[pos] == 0:
-            break
-    if multipart:
-        pos += 1
+    headers, pos = _read_headers(buf, multipart)  # header parsing is shared; the pixel path below is the old one
     out = {}
     for header in headers:
         xmin, ymin, xmax, ymax = header["dataWindow"]
