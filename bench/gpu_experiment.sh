@@ -37,7 +37,7 @@ if [ -z "${PY311:-}" ]; then  # on the GPU machine: Blender's Python 3.11 from t
   PY311=python3.11
 fi
 if [ -z "${PY312:-}" ]; then  # the system Python with torch; gsplat and tqdm go to /tmp/site
-  [ -d /tmp/site/gsplat ] || python3 -m pip install -q --no-index --no-deps --target /tmp/site .device/whl312x/*.whl
+  [ -d /tmp/site/gsplat ] || python3 -m pip install -q --no-index --no-deps --target /tmp/site .device/whl312/*.whl
   export PYTHONPATH=/tmp/site:$PWD TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16
   PY312=python3
 fi
