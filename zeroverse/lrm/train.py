@@ -81,7 +81,8 @@ class TrainConfig:
     layout_share: float = 0.25
     # "steps": progress (LR cosine, curriculum, depth schedule) = step / steps. "time": with
     # max_minutes, progress = max(step / steps, elapsed / max_minutes), so a run bounded by a
-    # machine lease still decays its LR and reaches full resolution (not bit-reproducible).
+    # machine lease still decays its LR and reaches full resolution (not bit-reproducible; a
+    # resumed run's clock starts again at its own start: use "steps" for runs that resume).
     schedule: str = "steps"
     compile: bool = True  # torch.compile the transformer blocks (CUDA only)
     # Decode the whole set once into GPU memory and gather batches there (zeroverse.data.
