@@ -797,11 +797,13 @@ def _progress(total: int, initial: int, disable: bool):
 
 
 def _version() -> str:
+    """What checkpoints record: the package version plus the git commit (zeroverse.code_version),
+    as shards and evaluation reports do."""
     try:
-        from zeroverse import __version__
+        from zeroverse import code_version
 
-        return __version__
-    except Exception:
+        return code_version()
+    except Exception:  # noqa: BLE001
         return "unknown"
 
 
