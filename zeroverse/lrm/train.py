@@ -403,14 +403,14 @@ class RunClock:
 def downsample_batch(batch: dict, size: int) -> dict:
     """The batch at size x size (area filter; cameras scaled exactly, see data.decode), or the
     batch itself when it already is. Images are composited, so area-averaging them equals
-    compositing the averaged premultiplied colour; depth is averaged over covered pixels only
-    and stays 0 where nothing was hit."""
+    compositing the averaged premultiplied colour; depth goes through the loader's own
+    edge-preserving resize (data.decode.resize_geometry), never blending across a silhouette."""
     H, W = batch["images"].shape[-2:]
     if (H, W) == (size, size):
         return batch
     if H % size or W % size:
         raise ValueError(f"cannot downsample {H}x{W} views to {size}²: use a size that divides both")
-    from zeroverse.data.decode import scale_intrinsics
+    from zeroverse.data.decode import resize_geometry, scale_intrinsics
 
     def area(x: Tensor) -> Tensor:  # [B, V, C, H, W]
         B, V = x.shape[:2]
@@ -421,9 +421,9 @@ def downsample_batch(batch: dict, size: int) -> dict:
     if "alphas" in batch:
         out["alphas"] = area(batch["alphas"])
     if "depths" in batch:
-        covered = (batch["depths"] > 0).to(batch["depths"].dtype)
-        weight = area(covered)
-        out["depths"] = area(batch["depths"] * covered) / weight.clamp_min(1e-8) * (weight > 0)
+        B, V = batch["depths"].shape[:2]
+        depth, _ = resize_geometry(batch["depths"].flatten(0, 1), (size, size))
+        out["depths"] = depth.unflatten(0, (B, V))
     out["K"] = scale_intrinsics(batch["K"], size / W, size / H)
     return out
 
