@@ -86,11 +86,12 @@ class _DecodeShapes(Dataset):
 
 def resident_bytes(dataset: ViewDataset) -> int:
     """Memory the resident copy of `dataset` would take, from the shards' footers alone."""
-    H, W = _stored_size(dataset)
+    H, W = stored_size(dataset)
     return sum(e.num_rows for e in dataset.entries) * H * W * BYTES_PER_PIXEL
 
 
-def _stored_size(dataset: ViewDataset) -> tuple[int, int]:
+def stored_size(dataset: ViewDataset) -> tuple[int, int]:
+    """(H, W) of the views as stored (the dataset's first shape), from the shard alone."""
     import pyarrow.parquet as pq
 
     entry = dataset.entries[0]
@@ -199,4 +200,4 @@ def _to(t: Tensor, device: torch.device) -> Tensor:
     return t.pin_memory().to(device, non_blocking=True)
 
 
-__all__ = ["ResidentViews", "resident_bytes"]
+__all__ = ["ResidentViews", "resident_bytes", "stored_size"]

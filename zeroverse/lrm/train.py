@@ -434,14 +434,11 @@ def _concat_views(a: dict, b: dict) -> dict:
 
 def resolve_image_size(dataset: Dataset) -> int:
     """The stored resolution of a ViewDataset's views (its first shape), for image_size=None."""
-    entries = getattr(dataset, "entries", None)
-    if not entries:
+    if not getattr(dataset, "entries", None):
         raise ValueError("image_size=None needs a ViewDataset to read the views' resolution; pass image_size")
-    import pyarrow.parquet as pq
+    from zeroverse.data.resident import stored_size
 
-    e = entries[0]
-    t = pq.ParquetFile(e.path).read_row_group(e.row_group, columns=["height", "width"])
-    H, W = int(t.column("height")[0].as_py()), int(t.column("width")[0].as_py())
+    H, W = stored_size(dataset)
     if H != W:
         raise ValueError(f"views are {W}x{H}; GS-LRM trains on square views: pass image_size")
     return H
@@ -474,9 +471,7 @@ def _batch_source(dataset: Dataset, cfg: TrainConfig, rank: int, world: int, ste
 
 
 def _resident_batches(views, dataset, cfg: TrainConfig, rank: int, world: int, step: int) -> Iterator[dict]:
-    n = len(dataset)
-    if (n // world) // cfg.batch_size == 0:
-        raise ValueError(f"dataset of {n} samples is too small for batch_size {cfg.batch_size} x {world} processes")
+    n = _check_fits(dataset, cfg, world)
     keys = iter(RunSampler(n, cfg.seed, rank, world, cfg.batch_size, step))
     while True:
         yield views.batch([next(keys) for _ in range(cfg.batch_size)])
@@ -706,16 +701,22 @@ def _worker_init(worker_id: int) -> None:
     random.seed(s)
 
 
-def _batches(dataset: Dataset, cfg: TrainConfig, rank: int, world: int, step: int,
-             pin: bool, collate_fn=None) -> Iterator[dict]:
-    """Endless batches from one DataLoader; batch k of the run depends only on (seed, k),
-    whatever `step` is (datasets must not draw from the workers' global RNGs)."""
+def _check_fits(dataset: Dataset, cfg, world: int) -> int:
+    """len(dataset), refusing one too small for a single batch per process."""
     n = len(dataset)
     if (n // world) // cfg.batch_size == 0:
         raise ValueError(
             f"dataset of {n} samples is too small for batch_size {cfg.batch_size} x {world} "
             "processes"
         )
+    return n
+
+
+def _batches(dataset: Dataset, cfg: TrainConfig, rank: int, world: int, step: int,
+             pin: bool, collate_fn=None) -> Iterator[dict]:
+    """Endless batches from one DataLoader; batch k of the run depends only on (seed, k),
+    whatever `step` is (datasets must not draw from the workers' global RNGs)."""
+    n = _check_fits(dataset, cfg, world)
     loader = DataLoader(
         EpochItems(dataset),
         batch_size=cfg.batch_size,
