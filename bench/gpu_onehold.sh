@@ -122,6 +122,7 @@ EOS
   i=0
   for row in "${ABLATIONS[@]}"; do
     IFS='|' read -r name _ args <<< "$row"
+    [ -n "${ABL_ROWS:-}" ] && [[ ",$ABL_ROWS," != *",$name,"* ]] && continue  # e.g. ABL_ROWS=a0_v1,a5_layout
     gpu=$(( NGPU > 0 ? i % NGPU : 0 ))
     cat >> "$W/train.sh" <<EOS
 ( CUDA_VISIBLE_DEVICES=$gpu $PY312 $(train_cmd "$W/$name" --steps "$ABL_STEPS" --image-size "$ABL_RES" --low-res 0 --warmup-steps $(( WARMUP < ABL_STEPS / 4 ? WARMUP : ABL_STEPS / 4 )) $args) > "$W/$name.log" 2>&1

@@ -120,3 +120,19 @@ def test_gpu_experiment_render_phase_toy_mode(tmp_path):
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     report = json.loads((tmp_path / "out" / "render_32_gpus0_p2.json").read_text())
     assert report["views"] == 8 and report["gpus"] == "0" and "render" in report["stages_ms"]
+
+
+def test_gpu_onehold_every_phase_toy_mode(tmp_path):
+    # The one-hold GS-LRM experiment end to end at toy size (CPU, Cycles, tiny preset): data in the
+    # background, training + two ablation rows + evaluation, then the summary and its JSON.
+    env = {**os.environ, "TOY": "1", "W": str(tmp_path / "w"), "N": "4", "HELDOUT": "1", "GSO_LIMIT": "1",
+           "MAIN_MIN": "0.05", "ABL_STEPS": "2", "ABL_ROWS": "a0_v1,a5_layout", "WAIT": "280"}
+    for phase in ("data", "wait", "train", "wait", "results"):
+        proc = subprocess.run(["bash", "bench/gpu_onehold.sh", phase], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, f"{phase}: {(proc.stdout + proc.stderr)[-3000:]}"
+        if phase == "wait":
+            assert "background work done" in proc.stdout, proc.stdout[-2000:]
+    result = json.loads((tmp_path / "w" / "results" / "gslrm_onehold.json").read_text())
+    assert result["gso25_psnr"] is not None and result["heldout_psnr"] is not None and result["steps"] >= 1
+    assert [r["name"] for r in result["ablation"]] == ["a0_v1", "a5_layout"]
+    assert (tmp_path / "w" / "out" / "onehold.tgz").stat().st_size > 0
