@@ -125,7 +125,11 @@ def test_gpu_experiment_render_phase_toy_mode(tmp_path):
 def test_gpu_onehold_every_phase_toy_mode(tmp_path):
     # The one-hold GS-LRM experiment end to end at toy size (CPU, Cycles, tiny preset): data in the
     # background, training + two ablation rows + evaluation, then the summary and its JSON.
-    env = {**os.environ, "TOY": "1", "W": str(tmp_path / "w"), "N": "4", "HELDOUT": "1", "GSO_LIMIT": "1",
+    # The real scanned objects (shared/evaldata/gso25, CC BY 4.0, beside the checkout), as tests/test_lrm_eval.py finds them.
+    gso = next((p for p in (REPO.parent / "shared" / "evaldata" / "gso25", Path("/work/shared/evaldata/gso25")) if p.is_dir()), None)
+    if gso is None:
+        pytest.skip("shared/evaldata/gso25 is not beside this checkout")
+    env = {**os.environ, "TOY": "1", "W": str(tmp_path / "w"), "N": "4", "HELDOUT": "1", "GSO": str(gso), "GSO_LIMIT": "1",
            "MAIN_MIN": "0.05", "ABL_STEPS": "2", "ABL_ROWS": "a0_v1,a5_layout", "WAIT": "280"}
     for phase in ("data", "wait", "train", "wait", "results"):
         proc = subprocess.run(["bash", "bench/gpu_onehold.sh", phase], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
