@@ -28,7 +28,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from pipelines.generate import GenerateConfig, make_shape_shard, shape_row
-    from zeroverse.recipe import RecipeConfig
+    from zeroverse.scene.recipe import RecipeConfig
 
     cfg = RecipeConfig()
     shape_row(args.seed, 0, cfg)  # warm-up: imports bpy and primes Blender

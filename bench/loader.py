@@ -33,7 +33,7 @@ from synthetic_views import write_view_shards  # noqa: E402
 
 from zeroverse.data import ViewDataset, collate  # noqa: E402
 from zeroverse.data.decode import decode_depth, decode_normal, decode_rgba  # noqa: E402
-from zeroverse.shards import Manifest  # noqa: E402
+from zeroverse.store.manifest import Manifest
 
 
 def make_root(base: Path, resolution: int, shapes: int, views: int) -> Path:

@@ -28,9 +28,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from zeroverse.gpu_devices import parse_gpu_list  # noqa: E402
-from zeroverse.render_settings import RenderSettings  # noqa: E402
-from zeroverse.render_timing import format_table, overlapped_stages, per_view_medians  # noqa: E402
+from zeroverse.scene.gpu_devices import parse_gpu_list  # noqa: E402
+from zeroverse.scene.render_settings import RenderSettings  # noqa: E402
+from zeroverse.scene.render_timing import format_table, overlapped_stages, per_view_medians  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -42,14 +42,14 @@ class Job:
     settings: RenderSettings
     views: int
     shards: list  # [(first, last, shape_ids)]
-    device: int | None = None  # physical GPU (zeroverse.gpu_devices), None: no binding
+    device: int | None = None  # physical GPU (zeroverse.scene.gpu_devices), None: no binding
 
 
 def _worker(job_and_barrier) -> dict:
     job, barrier = job_and_barrier
     from pipelines.render import RenderConfig, ViewShardWriter
-    from zeroverse.cameras import RigConfig
-    from zeroverse.shards import Manifest
+    from zeroverse.scene.cameras import RigConfig
+    from zeroverse.store.manifest import Manifest
 
     cfg = RenderConfig(root=Path(job.out), rig=RigConfig(num_views=job.views), settings=job.settings, shapes_per_shard=len(job.shards[0][2]))
     shapes = Manifest.load(Path(job.root) / "shapes")
@@ -81,7 +81,7 @@ def make_root(root: Path, n: int) -> Path:
     from pipelines.generate import GenerateConfig
     from pipelines.local_pool import run_generate_local
     from pipelines.texture_bank import prepare_bank
-    from zeroverse.recipe import RecipeConfig
+    from zeroverse.scene.recipe import RecipeConfig
 
     bank = prepare_bank(root, None, RecipeConfig().texture_bank_size)
     cfg = GenerateConfig(root=root, n=n, seed=0, shard_size=16, textures=bank.describe())
@@ -94,7 +94,8 @@ def warm_textures(root: Path, shape_ids: list[int]) -> None:
     `materials` stage is what a long farm run pays (read the cached texture, make the Blender
     image and material), not the one-off procedural generation of each texture."""
     from pipelines.texture_bank import open_bank
-    from zeroverse.shards import Manifest, read_shape_rows
+    from zeroverse.store.manifest import Manifest
+    from zeroverse.store.shape_io import read_shape_rows
 
     bank = open_bank(Manifest.load(root / "shapes").config.get("textures", {}), root)
     for row in read_shape_rows(root / "shapes", shape_ids):
@@ -107,10 +108,10 @@ def run(root: Path, settings: RenderSettings, views: int, procs: int, shards_per
     """`procs` processes, each rendering a warm-up shape and then `shards_per_proc` shards; views
     go to a temporary root (or to `keep`, e.g. to compare two runs' images). With `gpus`,
     process p renders on gpus[p % len(gpus)] (as CUDA numbers them here)."""
-    from zeroverse.gpu_devices import pool_worker_device
+    from zeroverse.scene.gpu_devices import pool_worker_device
 
     from pipelines.render import view_shard_plan
-    from zeroverse.shards import Manifest
+    from zeroverse.store.manifest import Manifest
 
     ids = Manifest.load(root / "shapes").shape_ids()
     plan = view_shard_plan(ids, shapes_per_shard)
@@ -153,9 +154,10 @@ def check_against_cycles(root: Path, engine: str, resolution: int) -> dict:
     from blender_scripts.render_views import BlenderRenderer
     from pipelines.render import shape_mesh
     from pipelines.texture_bank import open_bank
-    from zeroverse.cameras import RigConfig, make_cameras, rig_rng
-    from zeroverse.render_settings import RenderSettings
-    from zeroverse.shards import Manifest, read_shape_rows
+    from zeroverse.scene.cameras import RigConfig, make_cameras, rig_rng
+    from zeroverse.scene.render_settings import RenderSettings
+    from zeroverse.store.manifest import Manifest
+    from zeroverse.store.shape_io import read_shape_rows
 
     shapes = Manifest.load(root / "shapes")
     row = next(read_shape_rows(root / "shapes", [shapes.shape_ids()[0]]))

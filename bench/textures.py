@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 
-from zeroverse.textures import (
+from zeroverse.scene.textures import (
     KINDS,
     TextureBank,
     TextureBankConfig,

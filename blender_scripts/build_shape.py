@@ -1,6 +1,6 @@
 """ShapeRecipe -> Shape mesh, assembled in headless Blender (bpy, numpy, stdlib, pure zeroverse).
 
-Primitives and height fields are built in numpy (zeroverse.primitives: exact UVs and regions,
+Primitives and height fields are built in numpy (zeroverse.scene.primitives: exact UVs and regions,
 watertight by construction, ~1.5 ms each). Blender does what numpy cannot do well: the boolean
 difference (Manifold solver: robust and fast on closed meshes) and the wireframe struts
 (Wireframe modifier); their results come back through Blender's evaluated mesh, with UVs and
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from blender_scripts.blender_mesh import evaluated_triangles, new_polygon_object, new_triangle_object, reset_scene
-from zeroverse.primitives import (
+from zeroverse.scene.primitives import (
     MeshArrays,
     concatenate,
     drop_degenerate_faces,
@@ -25,7 +25,7 @@ from zeroverse.primitives import (
     primitive_quads,
     quad_polygons,
 )
-from zeroverse.recipe import REGIONS_PER_KIND, ShapeRecipe
+from zeroverse.scene.recipe import REGIONS_PER_KIND, ShapeRecipe
 
 
 @dataclass

@@ -200,7 +200,7 @@ def bind_from_environment(bpy, index: int | None) -> str:
 
 
 def bind_render_device(index: int | None) -> str:
-    """Binds this process to physical GPU `index` (zeroverse.gpu_devices) before bpy loads, as
+    """Binds this process to physical GPU `index` (zeroverse.scene.gpu_devices) before bpy loads, as
     far as the environment can; None: no GPU. Returns a short description for the metadata."""
     if index is None:
         return "none"

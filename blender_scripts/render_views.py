@@ -5,7 +5,7 @@ One `BlenderRenderer` per worker process: the scene, world, camera and render se
 once in __init__; each shape only adds its mesh and reuses cached per-texture materials, then is
 deleted again (purging orphans: 1-8 ms, flat memory, against 75-200 ms for a factory reset).
 Passes leave Blender as an uncompressed multilayer EXR on a scratch directory (tmpfs where there
-is one) and are read with zeroverse.imageio, because Blender's Python API cannot hand render
+is one) and are read with zeroverse.scene.imageio, because Blender's Python API cannot hand render
 results to Python directly in background mode.
 """
 
@@ -25,11 +25,11 @@ import numpy as np
 
 from blender_scripts.blender_mesh import new_triangle_object
 from blender_scripts.gpu_binding import configure_render_device
-from zeroverse.cameras import CameraSet
-from zeroverse.imageio import read_exr_channels, srgb_encode
-from zeroverse.primitives import MeshArrays
-from zeroverse.render_settings import RenderSettings
-from zeroverse.render_timing import StageClock
+from zeroverse.scene.cameras import CameraSet
+from zeroverse.scene.imageio import read_exr_channels, srgb_encode
+from zeroverse.scene.primitives import MeshArrays
+from zeroverse.scene.render_settings import RenderSettings
+from zeroverse.scene.render_timing import StageClock
 
 # Blender's camera looks down -Z with +Y up; OpenCV's looks down +Z with +Y down.
 _OPENCV_TO_BLENDER = np.diag([1.0, -1.0, -1.0, 1.0])
@@ -255,7 +255,7 @@ class BlenderRenderer:
         float32 [H, W]) as soon as it is read back, so that a caller can convert and encode view k
         in another thread while Blender renders view k + 1 (the render call releases the GIL).
         Each yielded dict owns its memory. The scene is empty again when the generator finishes
-        or is closed. `clock` (optional) receives seconds per stage (zeroverse.render_timing)."""
+        or is closed. `clock` (optional) receives seconds per stage (zeroverse.scene.render_timing)."""
         if cameras.width != self.settings.resolution or cameras.height != self.settings.resolution:
             raise ValueError(
                 f"cameras are {cameras.width}x{cameras.height} but the renderer makes {self.settings.resolution}^2 images"

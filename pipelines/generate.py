@@ -20,33 +20,17 @@ from typing import Any, Callable
 import pyarrow as pa
 
 from pipelines.faults import inject
-from zeroverse.recipe import RECIPE_VERSION, RecipeConfig, sample_recipe
-from zeroverse.shards import (
-    SHAPE_SCHEMA,
-    Location,
-    Manifest,
-    archive_version,
-    delete,
-    differs,
-    is_dir,
-    join,
-    make_dirs,
-    file_metadata,
-    listed_file_problem,
-    open_manifest,
-    remove_temporaries,
-    shard_name,
-    shard_path,
-    shard_ranges,
-    write_shard,
-)
+from zeroverse.scene.recipe import RECIPE_VERSION, RecipeConfig, sample_recipe
+from zeroverse.store.fs import Location, delete, is_dir, join, make_dirs, remove_temporaries
+from zeroverse.store.manifest import Manifest, archive_version, differs, listed_file_problem, open_manifest
+from zeroverse.store.shards import SHAPE_SCHEMA, file_metadata, shard_name, shard_path, shard_ranges, write_shard
 
 DEFAULT_SHARD_SIZE = 256  # ~0.5 MB per default shape: shards of ~100-200 MB
 
 
 @dataclass(frozen=True)
 class GenerateConfig:
-    root: Location  # a local path or a filesystem URI (zeroverse.shards.as_root)
+    root: Location  # a local path or a filesystem URI (zeroverse.store.fs.as_root)
     n: int
     seed: int = 0
     shard_size: int = DEFAULT_SHARD_SIZE

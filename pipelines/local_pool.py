@@ -38,7 +38,8 @@ def _generate_one(args: tuple) -> dict[str, Any]:
 def run_generate_local(cfg, processes: int):
     """Builds every missing shape shard of cfg.root with `processes` processes."""
     from pipelines.generate import GenerateResult, _commit, pending_ranges
-    from zeroverse.shards import make_dirs, open_manifest, remove_temporaries
+    from zeroverse.store.fs import make_dirs, remove_temporaries
+    from zeroverse.store.manifest import open_manifest
 
     started = time.perf_counter()
     make_dirs(cfg.shapes_dir)
@@ -68,7 +69,7 @@ def _init_render(cfg, shapes, gpus, started) -> None:
     import os
 
     from pipelines.render import ViewShardWriter
-    from zeroverse.gpu_devices import pool_worker_device
+    from zeroverse.scene.gpu_devices import pool_worker_device
 
     with started.get_lock():
         rank = started.value
@@ -86,7 +87,8 @@ def run_render_local(cfg, processes: int, gpus: list[int] | None = None):
     """Renders every missing view shard of cfg.root; each process holds one Blender, bound to
     one of `gpus` (device indices as CUDA numbers them here; round-robin) when given."""
     from pipelines.render import RenderResult, _commit, pending_shards, view_shard_plan
-    from zeroverse.shards import Manifest, make_dirs, open_manifest, remove_temporaries
+    from zeroverse.store.fs import make_dirs, remove_temporaries
+    from zeroverse.store.manifest import Manifest, open_manifest
 
     started = time.perf_counter()
     shapes = Manifest.load(cfg.shapes_dir)
@@ -157,13 +159,13 @@ def main(argv: list[str] | None = None) -> None:
             r.add_argument("--src", type=Path, required=True)
     args = parser.parse_args(argv)
 
-    from zeroverse.cameras import RigConfig
-    from zeroverse.render_settings import RenderSettings
+    from zeroverse.scene.cameras import RigConfig
+    from zeroverse.scene.render_settings import RenderSettings
 
     if args.stage == "generate":
         from pipelines.generate import GenerateConfig
         from pipelines.texture_bank import prepare_bank
-        from zeroverse.recipe import RecipeConfig
+        from zeroverse.scene.recipe import RecipeConfig
 
         bank = prepare_bank(args.root, None, RecipeConfig().texture_bank_size)
         cfg = GenerateConfig(root=args.root, n=args.n, seed=args.seed, shard_size=args.shard_size, textures=bank.describe())
@@ -185,13 +187,13 @@ def main(argv: list[str] | None = None) -> None:
     rig = RigConfig(kind=args.rig, num_views=args.views, eval_targets_per_ring=args.targets_per_ring,
                     layout_views=args.layout_views)
     cfg = RenderConfig(root=args.root, rig=rig, settings=settings, shapes_per_shard=args.shapes_per_shard, limit=args.limit)
-    from zeroverse.gpu_devices import parse_gpu_list
+    from zeroverse.scene.gpu_devices import parse_gpu_list
 
     result = run_render_local(cfg, args.processes, parse_gpu_list(args.gpus))
     steady = "" if result.steady_views_per_s is None else f"; {result.steady_views_per_s:.1f} views/s after each process's first shard"
     print(f"{result.shapes} shapes / {result.views} views, {len(result.failures)} failures, "
           f"{result.seconds:.1f} s ({result.views / max(result.seconds, 1e-9):.1f} views/s end to end{steady})")
-    from zeroverse.render_timing import format_table, overlapped_stages, per_view_medians
+    from zeroverse.scene.render_timing import format_table, overlapped_stages, per_view_medians
 
     wall, cpu = per_view_medians(result.stages), per_view_medians(result.stages, "cpu_seconds")
     if args.timings:

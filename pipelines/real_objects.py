@@ -13,10 +13,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from zeroverse.cameras import RigConfig, make_cameras, rig_identity, rig_rng
-from zeroverse.real_objects import list_real_objects, load_real_object
-from zeroverse.render_settings import RenderSettings
-from zeroverse.shards import VIEW_SCHEMA, atomic_write_text, file_metadata, open_manifest, shard_name, write_shard
+from zeroverse.scene.cameras import RigConfig, make_cameras, rig_identity, rig_rng
+from zeroverse.scene.real_objects import list_real_objects, load_real_object
+from zeroverse.scene.render_settings import RenderSettings
+from zeroverse.store.fs import atomic_write_text
+from zeroverse.store.manifest import open_manifest
+from zeroverse.store.shards import VIEW_SCHEMA, file_metadata, shard_name, write_shard
 
 GSO_ATTRIBUTION = (
     "Objects from Google Scanned Objects, CC BY 4.0, Copyright 2020 Google LLC. Downs et al., "

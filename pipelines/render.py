@@ -27,30 +27,14 @@ import numpy as np
 import pyarrow as pa
 
 from pipelines.faults import inject
-from zeroverse.cameras import RigConfig, make_cameras, rig_identity, rig_rng
-from zeroverse.imageio import encode_array, encode_png
-from zeroverse.primitives import MeshArrays
-from zeroverse.render_settings import RenderSettings
-from zeroverse.render_timing import StageClock
-from zeroverse.shards import (
-    VIEW_SCHEMA,
-    Location,
-    Manifest,
-    archive_version,
-    delete,
-    differs,
-    join,
-    make_dirs,
-    read_metadata,
-    read_table,
-    file_metadata,
-    listed_file_problem,
-    open_manifest,
-    remove_temporaries,
-    shard_name,
-    shard_path,
-    write_shard,
-)
+from zeroverse.scene.cameras import RigConfig, make_cameras, rig_identity, rig_rng
+from zeroverse.scene.imageio import encode_array, encode_png
+from zeroverse.scene.primitives import MeshArrays
+from zeroverse.scene.render_settings import RenderSettings
+from zeroverse.scene.render_timing import StageClock
+from zeroverse.store.fs import Location, delete, join, make_dirs, read_metadata, read_table, remove_temporaries
+from zeroverse.store.manifest import Manifest, archive_version, differs, listed_file_problem, open_manifest
+from zeroverse.store.shards import VIEW_SCHEMA, file_metadata, shard_name, shard_path, write_shard
 
 LIGHT_STREAM = 2  # SeedSequence stream of per-shape light draws (recipes 0, cameras 1)
 DEFAULT_SHAPES_PER_SHARD = 8  # 32 views of 512² ≈ 20-40 MB a shape: shards of a few hundred MB
@@ -58,7 +42,7 @@ DEFAULT_SHAPES_PER_SHARD = 8  # 32 views of 512² ≈ 20-40 MB a shape: shards o
 
 @dataclass(frozen=True)
 class RenderConfig:
-    root: Location  # a local path or a filesystem URI (zeroverse.shards.as_root)
+    root: Location  # a local path or a filesystem URI (zeroverse.store.fs.as_root)
     rig: RigConfig = field(default_factory=RigConfig)
     settings: RenderSettings = field(default_factory=RenderSettings)
     shapes_per_shard: int = DEFAULT_SHAPES_PER_SHARD
@@ -203,7 +187,7 @@ def view_shard_plan(shape_ids: list[int], shapes_per_shard: int) -> list[tuple[i
 def encode_view_row(shape_id: int, v: int, view, cameras, settings: RenderSettings, clock: StageClock | None = None) -> dict[str, Any]:
     """View `v` of one shape (render_views.ViewArrays) -> a VIEW_SCHEMA row (PNG and raw
     little-endian maps)."""
-    from zeroverse.cameras import unproject_depth
+    from zeroverse.scene.cameras import unproject_depth
 
     clock = StageClock() if clock is None else clock
     with clock("png"):
@@ -271,7 +255,7 @@ class ViewShardWriter:
                  encode_thread: bool | None = None):  # fmt: skip
         """`source_root`: the root whose shapes and texture cache are read (default cfg.root); the
         benchmark reads a prepared root and writes its views elsewhere. `device`: the physical
-        GPU this worker renders on (zeroverse.gpu_devices), or None. `encode_thread`: convert
+        GPU this worker renders on (zeroverse.scene.gpu_devices), or None. `encode_thread`: convert
         and encode beside the next render (default: for the GPU engines)."""
         # Bound before bpy is imported: Blender reads its GPU set-up when it starts.
         from blender_scripts.gpu_binding import bind_render_device
@@ -361,7 +345,7 @@ class ViewShardWriter:
     def render_shard(self, first: int, last: int, shape_ids: list[int], on_views: Callable[[int], None] | None = None) -> dict[str, Any]:
         """Renders `shape_ids` (all within [first, last]) into one view shard; a shape that raises
         is retried once in a reset scene, then left out and reported in `failed`. The record's
-        `stages` holds the seconds spent per stage (zeroverse.render_timing.STAGES) and the
+        `stages` holds the seconds spent per stage (zeroverse.scene.render_timing.STAGES) and the
         views they cover; drivers take it out before the record reaches the manifest."""
         started, cpu_started = time.perf_counter(), time.thread_time()
         clock = StageClock()
@@ -664,7 +648,7 @@ def run_render(
 
 
 def _views_per_shape(cfg: RenderConfig) -> int:
-    from zeroverse.cameras import EVAL_INPUT_AZIMUTHS, EVAL_TARGET_ELEVATIONS
+    from zeroverse.scene.cameras import EVAL_INPUT_AZIMUTHS, EVAL_TARGET_ELEVATIONS
 
     n = len(EVAL_INPUT_AZIMUTHS) + cfg.rig.eval_targets_per_ring * len(EVAL_TARGET_ELEVATIONS) if cfg.rig.kind == "eval" else cfg.rig.num_views
     return n + (1 if cfg.rig.bev else 0)
@@ -710,7 +694,7 @@ class _RenderActor:
     def __init__(self, cfg: RenderConfig, shapes: Manifest, counter: Any):
         import ray
 
-        from zeroverse.gpu_devices import ray_worker_device
+        from zeroverse.scene.gpu_devices import ray_worker_device
 
         # Ray names the GPUs it gave this actor as the node does (several actors share one with a
         # fractional --gpus-per-worker); none with --gpus-per-worker 0.

@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from zeroverse.shards import Location, is_uri
-from zeroverse.textures import DEFAULT_TEXTURE_SIZE, TextureBank, TextureBankConfig, prepare_folder_bank
+from zeroverse.store.fs import Location, is_uri
+from zeroverse.scene.textures import DEFAULT_TEXTURE_SIZE, TextureBank, TextureBankConfig, prepare_folder_bank
 
 FOLDER_CACHE = Path("textures") / "folder"
 

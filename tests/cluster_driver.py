@@ -58,8 +58,8 @@ def main() -> None:
     from pipelines.generate import GenerateConfig, run_generate
     from pipelines.render import RenderConfig, run_render
     from pipelines.texture_bank import prepare_bank
-    from zeroverse.cameras import RigConfig
-    from zeroverse.render_settings import RenderSettings
+    from zeroverse.scene.cameras import RigConfig
+    from zeroverse.scene.render_settings import RenderSettings
 
     # Two nodes of one CPU each: two one-CPU workers can only run one per node.
     cluster = Cluster(

@@ -30,8 +30,8 @@ def small_root(tmp_path_factory, ray_local) -> Path:
     from pipelines.generate import GenerateConfig, run_generate
     from pipelines.render import RenderConfig, run_render
     from pipelines.texture_bank import prepare_bank
-    from zeroverse.cameras import RigConfig
-    from zeroverse.render_settings import RenderSettings
+    from zeroverse.scene.cameras import RigConfig
+    from zeroverse.scene.render_settings import RenderSettings
 
     root = tmp_path_factory.mktemp("small_root")
     bank = prepare_bank(root, None, 1024)

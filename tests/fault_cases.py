@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from zeroverse.shards import Manifest  # noqa: E402
+from zeroverse.store.manifest import Manifest
 
 N, V, SEED = 6, 2, 7  # shapes, views per shape, seed
 SHARD, SPS, RES = 2, 2, 32  # shapes per shape shard, shapes per view shard, pixels
@@ -71,8 +71,8 @@ def generate_config(root: Path, **changes):
 def render_config(root: Path, **changes):
     """What `render_args` builds."""
     from pipelines.render import RenderConfig
-    from zeroverse.cameras import RigConfig
-    from zeroverse.render_settings import RenderSettings
+    from zeroverse.scene.cameras import RigConfig
+    from zeroverse.scene.render_settings import RenderSettings
 
     settings = RenderSettings(engine="cycles", resolution=RES, samples=1)
     return RenderConfig(root=root, rig=RigConfig(num_views=V), settings=settings, shapes_per_shard=SPS, **changes)
@@ -120,7 +120,7 @@ def final_state(root: Path, reference: Path, shapes_root: Path | None = None) ->
     `shapes_root`: where the shapes live when they are not in `root` (a versioned views root)."""
     import pyarrow.parquet as pq
 
-    from zeroverse.validate import validate_root
+    from zeroverse.review.validate import validate_root
 
     state = State()
     for stage, base in (("shapes", shapes_root or root), ("views", root)):

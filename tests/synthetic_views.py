@@ -29,15 +29,8 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from zeroverse.shards import (
-    VIEW_SCHEMA,
-    Manifest,
-    config_digest,
-    file_metadata,
-    shard_name,
-    shard_ranges,
-    write_shard,
-)
+from zeroverse.store.manifest import Manifest, config_digest
+from zeroverse.store.shards import VIEW_SCHEMA, file_metadata, shard_name, shard_ranges, write_shard
 
 FOV_DEG = 50.0
 LIGHT = np.array([0.4, -0.5, 0.77]) / np.linalg.norm([0.4, -0.5, 0.77])

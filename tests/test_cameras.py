@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pytest
 
-from zeroverse.cameras import (
+from zeroverse.scene.cameras import (
     EVAL_INPUT_AZIMUTHS,
     EVAL_INPUT_ELEVATION,
     EVAL_TARGET_AZIMUTHS,

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from zeroverse.shards import Manifest
+from zeroverse.store.manifest import Manifest
 
 pytestmark = [pytest.mark.ray, pytest.mark.blender]
 
@@ -66,8 +66,8 @@ def test_two_node_cluster_uses_both_nodes_and_matches_one_node_bytes(ray_local, 
     from pipelines.generate import GenerateConfig, run_generate
     from pipelines.render import RenderConfig, run_render
     from pipelines.texture_bank import prepare_bank
-    from zeroverse.cameras import RigConfig
-    from zeroverse.render_settings import RenderSettings
+    from zeroverse.scene.cameras import RigConfig
+    from zeroverse.scene.render_settings import RenderSettings
 
     multi = tmp_path / "multi"
     proc = subprocess.run(

@@ -11,7 +11,7 @@ import pytest
 
 from synthetic_views import write_view_shards
 from zeroverse.data import ViewDataset, ViewStream
-from zeroverse.shards import Manifest
+from zeroverse.store.manifest import Manifest
 
 NUM_SHAPES = 6
 

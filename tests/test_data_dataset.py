@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from synthetic_views import write_view_shards
 from zeroverse.data import ViewDataset, collate
-from zeroverse.shards import Manifest
+from zeroverse.store.manifest import Manifest
 
 NUM_SHAPES = 6
 VIEWS = 8

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from synthetic_views import write_view_shards
-from zeroverse.shards import Manifest
+from zeroverse.store.manifest import Manifest
 
 
 @pytest.fixture(scope="module")

@@ -71,8 +71,8 @@ def _driver(out: Path) -> None:
     from pipelines.generate import GenerateConfig, run_generate
     from pipelines.render import RenderConfig, run_render
     from pipelines.texture_bank import prepare_bank
-    from zeroverse.cameras import RigConfig
-    from zeroverse.render_settings import RenderSettings
+    from zeroverse.scene.cameras import RigConfig
+    from zeroverse.scene.render_settings import RenderSettings
 
     ray.init(num_cpus=max(WORKER_COUNTS), include_dashboard=False, configure_logging=False, log_to_driver=False)
     runs = {}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from zeroverse.shards import SHARD_FILE, shard_name
+from zeroverse.store.shards import SHARD_FILE, shard_name
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]

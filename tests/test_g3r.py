@@ -132,7 +132,7 @@ def test_init_from_depth_plane_skips_empty_pixels_and_pads():
 
 
 def test_unproject_matches_numpy_reference():
-    from zeroverse.cameras import unproject_depth as reference
+    from zeroverse.scene.cameras import unproject_depth as reference
 
     c2w, K = _cameras([[2.0, 1.0, 0.7], [0.5, -2.0, 1.5]])
     depth = _sphere_depth(c2w, K, torch.zeros(3), 0.7)

@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from zeroverse.recipe import RecipeConfig, sample_recipe
-from zeroverse.shards import Manifest
+from zeroverse.scene.recipe import RecipeConfig, sample_recipe
+from zeroverse.store.manifest import Manifest
 
 pytestmark = [pytest.mark.blender]
 
@@ -137,7 +137,7 @@ def test_cli_generate_and_bad_inputs(tmp_path, ray_local):
 def test_views_manifest_of_other_shapes_names_the_fix_render_accepts(tmp_path):
     # render takes its seed from the shapes, so its refusal must not tell the user to pass
     # --seed (render has no such option) but how to keep or redo the old views.
-    from zeroverse.shards import config_digest, open_manifest
+    from zeroverse.store.manifest import config_digest, open_manifest
 
     config = {"render": {"resolution": 32}}
     Manifest("views", 0, config, config_digest(config), [], []).save(tmp_path)

@@ -53,9 +53,9 @@ def make_root(root: Path) -> Path:
 def worker(root: str, out: str, device: str) -> None:
     """One render worker bound to `device`, as the farm makes it (child process)."""
     from pipelines.render import RenderConfig, ViewShardWriter
-    from zeroverse.cameras import RigConfig
-    from zeroverse.render_settings import RenderSettings
-    from zeroverse.shards import Manifest
+    from zeroverse.scene.cameras import RigConfig
+    from zeroverse.scene.render_settings import RenderSettings
+    from zeroverse.store.manifest import Manifest
 
     shapes = Manifest.load(Path(root) / "shapes")
     cfg = RenderConfig(root=Path(out), rig=RigConfig(num_views=VIEWS), settings=RenderSettings(engine="eevee", resolution=RES, samples=16), shapes_per_shard=SHAPES)
@@ -90,7 +90,7 @@ def render_on(device: int, root: Path, out: Path) -> dict:
 
 
 def decode_png_up(data: bytes) -> "np.ndarray":  # noqa: F821
-    """RGBA8 of a PNG written by zeroverse.imageio.encode_png ('Up' filter on every row):
+    """RGBA8 of a PNG written by zeroverse.scene.imageio.encode_png ('Up' filter on every row):
     Blender's Python has no PIL."""
     import numpy as np
 

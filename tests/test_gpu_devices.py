@@ -1,4 +1,4 @@
-"""Which physical GPU a render worker draws on (zeroverse.gpu_devices), on CPU: Ray's GPU ids
+"""Which physical GPU a render worker draws on (zeroverse.scene.gpu_devices), on CPU: Ray's GPU ids
 (ints or strings, fractional packing), the local pool's round-robin over --gpus through
 CUDA_VISIBLE_DEVICES, UUIDs, MIG slices, no GPU. And the binding hook runs before bpy."""
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from zeroverse.gpu_devices import (
+from zeroverse.scene.gpu_devices import (
     GpuAssignmentError,
     parse_gpu_list,
     parse_visible_devices,
@@ -89,7 +89,7 @@ def test_gpu_list_option():
 
 
 def test_gpu_devices_imports_nothing_heavy():
-    code = "import sys, zeroverse.gpu_devices, blender_scripts.gpu_binding; print(sorted({'bpy', 'ray', 'torch', 'pyarrow'} & set(sys.modules)))"
+    code = "import sys, zeroverse.scene.gpu_devices, blender_scripts.gpu_binding; print(sorted({'bpy', 'ray', 'torch', 'pyarrow'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert out.stdout.strip() == "[]", out.stderr
 

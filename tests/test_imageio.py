@@ -1,4 +1,4 @@
-"""zeroverse.imageio: the numpy-only PNG encoder against PIL's decoder, raw float maps, sRGB, and
+"""zeroverse.scene.imageio: the numpy-only PNG encoder against PIL's decoder, raw float maps, sRGB, and
 the EXR reader against files written by Blender itself (the multi-part multilayer EXR of real
 render passes is exercised by test_render.py)."""
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zeroverse.imageio import decode_array, encode_array, encode_png, read_exr_channels, srgb_encode
+from zeroverse.scene.imageio import decode_array, encode_array, encode_png, read_exr_channels, srgb_encode
 
 
 def pil_decode(data: bytes) -> np.ndarray:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from zeroverse.cameras import RigConfig, make_cameras, rig_identity, rig_rng
+from zeroverse.scene.cameras import RigConfig, make_cameras, rig_identity, rig_rng
 from zeroverse.lrm import rasterizer
 from zeroverse.lrm.gslrm import GSLRM, GSLRMConfig
 from zeroverse.lrm.train import RunClock, TrainConfig, downsample_batch, train

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from zeroverse.preview import (
+from zeroverse.review.preview import (
     TITLE_HEIGHT,
     PreviewCamera,
     composite_rgba,
@@ -21,9 +21,10 @@ from zeroverse.preview import (
     turbo_like,
     views_contact_sheet,
 )
-from zeroverse.primitives import quads_to_triangles, unit_quad_mesh
-from zeroverse.shape_io import ShapeRecord
-from zeroverse.shards import VIEW_SCHEMA, Manifest, file_metadata, shard_name, write_shard
+from zeroverse.scene.primitives import quads_to_triangles, unit_quad_mesh
+from zeroverse.store.shape_io import ShapeRecord
+from zeroverse.store.manifest import Manifest
+from zeroverse.store.shards import VIEW_SCHEMA, file_metadata, shard_name, write_shard
 
 
 class FlatBank:
@@ -89,7 +90,7 @@ def slow_rasterize(screen, depth, size):
 
 
 def test_vectorised_rasterizer_matches_the_slow_reference(monkeypatch):
-    import zeroverse.preview as preview
+    import zeroverse.review.preview as preview
 
     monkeypatch.setattr(preview, "CHUNK_CANDIDATES", 97)  # force many small chunks
     rng = np.random.default_rng(1)

@@ -8,14 +8,14 @@ import math
 import numpy as np
 import pytest
 
-from zeroverse.primitives import (
+from zeroverse.scene.primitives import (
     drop_degenerate_faces,
     normalise_into_cube,
     primitive_mesh,
     quad_polygons,
     primitive_quads,
 )
-from zeroverse.recipe import REGIONS_PER_KIND, HeightField, Primitive, RecipeConfig, sample_recipe
+from zeroverse.scene.recipe import REGIONS_PER_KIND, HeightField, Primitive, RecipeConfig, sample_recipe
 
 IDENTITY = (1.0, 0.0, 0.0, 0.0)
 
@@ -90,7 +90,7 @@ def test_wireframe_polygons_drop_collapsed_corners():
 @pytest.mark.parametrize("kind", sorted(REGIONS_PER_KIND))
 def test_boolean_cutters_are_centred_on_the_target_surface(kind):
     """The cutter centre must lie on the unit primitive's boundary, or the cut may miss."""
-    from zeroverse.recipe import _surface_point
+    from zeroverse.scene.recipe import _surface_point
 
     rng = np.random.default_rng(0)
     ring = 1 / (1 + TUBE)

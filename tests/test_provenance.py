@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 import zeroverse
-import zeroverse.textures as T
-from zeroverse.shards import Manifest, file_metadata, open_manifest
+import zeroverse.scene.textures as T
+from zeroverse.store.manifest import Manifest, open_manifest
+from zeroverse.store.shards import file_metadata
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -61,7 +62,7 @@ def test_a_root_made_with_a_recorded_install_path_still_resumes(tmp_path, preset
     open_manifest(root / "shapes", "shapes", 3, old).save(root / "shapes")
     resumed = open_manifest(root / "shapes", "shapes", 3, now)
     assert resumed.config_hash == Manifest.load(root / "shapes").config_hash  # the views' identity stays valid
-    from zeroverse.shards import differs
+    from zeroverse.store.manifest import differs
 
     assert not differs(root / "shapes", 3, now)
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from zeroverse.shards import Manifest
+from zeroverse.store.manifest import Manifest
 
 pytestmark = [pytest.mark.ray, pytest.mark.blender]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from zeroverse.recipe import (
+from zeroverse.scene.recipe import (
     AUGMENTATIONS,
     REGIONS_PER_KIND,
     RecipeConfig,
@@ -27,8 +27,8 @@ def test_pure_modules_import_without_bpy_ray_torch_pil():
         "import sys\n"
         "for name in ('bpy', 'ray', 'torch', 'PIL', 'pyarrow', 'trimesh'):\n"
         "    sys.modules[name] = None  # any import of them now raises ImportError\n"
-        "import zeroverse, zeroverse.recipe, zeroverse.primitives, zeroverse.cameras, zeroverse.textures, zeroverse.imageio\n"
-        "from zeroverse.recipe import RecipeConfig, sample_recipe\n"
+        "import zeroverse, zeroverse.scene.recipe, zeroverse.scene.primitives, zeroverse.scene.cameras, zeroverse.scene.textures, zeroverse.scene.imageio\n"
+        "from zeroverse.scene.recipe import RecipeConfig, sample_recipe\n"
         "print(len(sample_recipe(RecipeConfig(), 0, 0).primitives) >= 1)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
@@ -165,7 +165,7 @@ def test_the_cli_says_it_in_one_line(tmp_path):
 def test_every_field_has_a_rule_and_a_line_in_docs_config():
     import dataclasses
 
-    from zeroverse.recipe import FIELD_RULES, allowed
+    from zeroverse.scene.recipe import FIELD_RULES, allowed
 
     names = [f.name for f in dataclasses.fields(RecipeConfig)]
     assert sorted(FIELD_RULES) == sorted(names)

@@ -34,9 +34,9 @@ import pytest
 from PIL import Image
 
 from conftest import copy_root
-from zeroverse.cameras import CameraSet, RigConfig, look_at, pinhole_intrinsics, project, unproject_depth
-from zeroverse.render_settings import RenderSettings
-from zeroverse.shards import Manifest
+from zeroverse.scene.cameras import CameraSet, RigConfig, look_at, pinhole_intrinsics, project, unproject_depth
+from zeroverse.scene.render_settings import RenderSettings
+from zeroverse.store.manifest import Manifest
 
 pytestmark = [pytest.mark.blender]
 
@@ -100,7 +100,7 @@ def read_views(root: Path) -> dict[int, list[View]]:
 
 def shape_bounds(root: Path) -> dict[int, float]:
     """Bounding-sphere radius about the origin of every shape (what the rig keeps cameras beyond)."""
-    from zeroverse.shards import read_shape_rows
+    from zeroverse.store.shape_io import read_shape_rows
 
     return {row["shape_id"]: float(np.linalg.norm(np.asarray(row["vertices"], np.float32).reshape(-1, 3), axis=1).max())
             for row in read_shape_rows(Path(root) / "shapes")}
@@ -158,7 +158,7 @@ BOX_HI = np.array([0.6, 0.45, 0.35]) + [0.1, -0.05, 0.05]
 
 def box_mesh():
     """An axis-aligned box [BOX_LO, BOX_HI]: 12 outward triangles, one texture region per side."""
-    from zeroverse.primitives import MeshArrays
+    from zeroverse.scene.primitives import MeshArrays
 
     corners = np.array([[x, y, z] for x in (0, 1) for y in (0, 1) for z in (0, 1)], float)
     vertices = BOX_LO + corners * (BOX_HI - BOX_LO)
@@ -351,7 +351,7 @@ def test_view_shards_layout_and_metadata(small_root):
         path = small_root / "views" / shard["file"]
         meta = pq.ParquetFile(path)
         kv = meta.metadata.metadata
-        assert json.loads(kv[b"zeroverse.conventions"])["camera"].startswith("OpenCV")
+        assert json.loads(kv[b"zeroverse.scene.conventions"])["camera"].startswith("OpenCV")
         assert json.loads(kv[b"zeroverse.render"])["resolution"] == 64
         # Which device rendered it; on the CPU a constant, so shards stay byte-identical across runs.
         assert json.loads(kv[b"zeroverse.render_device"]) == {"index": None, "engine": "cycles", "device": "CPU", "binding": "none"}

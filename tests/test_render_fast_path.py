@@ -32,7 +32,7 @@ RGBA_TOL, DEPTH_REL_TOL, NORMAL_TOL = 1, 1e-3, 1e-3  # 8-bit steps, relative, ab
 
 
 def reference_read_exr(path: str) -> dict[str, np.ndarray]:
-    from zeroverse.imageio import _EXR_DTYPES, _EXR_SIZES, _read_headers
+    from zeroverse.scene.imageio import _EXR_DTYPES, _EXR_SIZES, _read_headers
 
     with open(path, "rb") as f:
         buf = f.read()
@@ -154,11 +154,12 @@ def test_fast_render_path_matches_the_reference_on_real_cycles_renders(tiny_root
     from blender_scripts.render_views import BlenderRenderer, quiet_stdout
     from pipelines.render import RenderConfig, ViewShardWriter, shape_light, shape_mesh
     from pipelines.texture_bank import open_bank
-    from zeroverse.cameras import RigConfig, make_cameras, rig_rng
-    from zeroverse.imageio import encode_png
-    from zeroverse.render_settings import RenderSettings
-    from zeroverse.render_timing import StageClock
-    from zeroverse.shards import Manifest, read_shape_rows
+    from zeroverse.scene.cameras import RigConfig, make_cameras, rig_rng
+    from zeroverse.scene.imageio import encode_png
+    from zeroverse.scene.render_settings import RenderSettings
+    from zeroverse.scene.render_timing import StageClock
+    from zeroverse.store.manifest import Manifest
+    from zeroverse.store.shape_io import read_shape_rows
 
     # No denoising: the two paths then see the very same Cycles samples (same seed, same scene).
     settings = RenderSettings(engine="cycles", resolution=48, samples=4, denoise=False)
@@ -207,10 +208,11 @@ def test_pass_conversion_is_the_reference_bit_for_bit_on_real_passes(tiny_root, 
     from blender_scripts.render_views import BlenderRenderer, passes_to_view
     from pipelines.render import shape_mesh
     from pipelines.texture_bank import open_bank
-    from zeroverse.cameras import RigConfig, make_cameras, rig_rng
-    from zeroverse.imageio import read_exr_channels
-    from zeroverse.render_settings import RenderSettings
-    from zeroverse.shards import Manifest, read_shape_rows
+    from zeroverse.scene.cameras import RigConfig, make_cameras, rig_rng
+    from zeroverse.scene.imageio import read_exr_channels
+    from zeroverse.scene.render_settings import RenderSettings
+    from zeroverse.store.manifest import Manifest
+    from zeroverse.store.shape_io import read_shape_rows
 
     shapes = Manifest.load(tiny_root / "shapes")
     renderer = BlenderRenderer(RenderSettings(engine="cycles", resolution=40, samples=2, denoise=True), open_bank(shapes.config.get("textures", {}), tiny_root).get)

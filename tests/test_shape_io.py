@@ -1,6 +1,6 @@
 """Shape export: records from shard rows, the texture atlas, GLB / OBJ / PLY round trips, errors.
 
-Most tests build meshes with zeroverse.primitives (numpy only) and a tiny gradient texture bank;
+Most tests build meshes with zeroverse.scene.primitives (numpy only) and a tiny gradient texture bank;
 the tests marked ray + blender export shapes of one real generated root (made once per module).
 """
 
@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from zeroverse.primitives import concatenate, quads_to_triangles, unit_quad_mesh
-from zeroverse.shape_io import (
+from zeroverse.scene.primitives import concatenate, quads_to_triangles, unit_quad_mesh
+from zeroverse.store.shape_io import (
     EXPORT_FORMATS,
     ShapeRecord,
     build_atlas,
@@ -270,8 +270,8 @@ def test_unknown_shape_id_names_the_available_range(real_root):
 def test_texture_bank_for_root_follows_the_recorded_bank(tmp_path):
     import warnings
 
-    from zeroverse.shards import Manifest
-    from zeroverse.textures import TextureBank, TextureBankConfig
+    from zeroverse.store.manifest import Manifest
+    from zeroverse.scene.textures import TextureBank, TextureBankConfig
 
     recorded = TextureBank(TextureBankConfig(seed=5, size=300, resolution=32), cache_dir=tmp_path / "c").describe()
     for name in ("a", "b"):

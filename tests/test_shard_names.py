@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from zeroverse.shards import Manifest, config_digest, shard_name, shard_path
+from zeroverse.store.manifest import Manifest, config_digest
+from zeroverse.store.shards import shard_name, shard_path
 
 BAD_NAMES = ["../../victim.txt", "/etc/passwd", "shapes-000000000-000000001.parquet/../../victim.txt",
              "sub/shapes-000000000-000000001.parquet", "shapes-0-1.parquet", "", None, 7]  # fmt: skip

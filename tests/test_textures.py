@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from zeroverse import textures as T
-from zeroverse.textures import (
+from zeroverse.scene import textures as T
+from zeroverse.scene.textures import (
     DEFAULT_BANK_SIZE,
     KINDS,
     PROCEDURAL_LICENCE,
@@ -392,7 +392,7 @@ def test_module_works_without_pil(tmp_path):
 import sys
 sys.modules["PIL"] = None  # any `import PIL` now raises ImportError, as in Blender's Python
 import numpy as np
-from zeroverse import textures as T
+from zeroverse.scene import textures as T
 image = T.generate_texture(0, 1, 16)
 assert image.shape == (16, 16, 3)
 config = T.TextureBankConfig(resolution=8)
@@ -418,7 +418,7 @@ print("ok")
 def test_core_imports_only_numpy_and_stdlib():
     # numpy.random's compiled extensions register _cython_* and cython_runtime pseudo-modules.
     script = (
-        "import sys; before = set(sys.modules); import zeroverse.textures; "
+        "import sys; before = set(sys.modules); import zeroverse.scene.textures; "
         "new = {m.split('.')[0] for m in set(sys.modules) - before}; "
         "third = {m for m in new - set(sys.stdlib_module_names) - {'numpy', 'zeroverse'} "
         "         if not m.startswith(('_cython', 'cython_runtime'))}; "

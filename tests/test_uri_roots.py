@@ -18,9 +18,9 @@ import pytest
 from click.testing import CliRunner
 
 from fault_cases import build_reference, final_state, generate_args, render_args
-from zeroverse import shards
+from zeroverse.store import fs, manifest, shards
 from zeroverse.cli import main
-from zeroverse.shards import Manifest
+from zeroverse.store.manifest import Manifest
 
 
 
@@ -57,7 +57,7 @@ def _memory_root() -> str:
 def _copy_to(uri: str, local_root: Path) -> None:
     for path in sorted(local_root.rglob("*")):
         if path.is_file() and path.parts[len(local_root.parts)] in ("shapes", "views"):
-            shards.put_atomically(shards.join(uri, *path.relative_to(local_root).parts), path.read_bytes())
+            fs.put_atomically(fs.join(uri, *path.relative_to(local_root).parts), path.read_bytes())
 
 
 @pytest.mark.ray
@@ -67,23 +67,23 @@ def test_object_store_path_writes_the_same_bytes_and_leaves_no_temporary(referen
     meta, groups = table.schema.metadata, [1] * table.num_rows
     source = tmp_path / "shapes-000000000-000000001.parquet"
     local = shards.write_shard(table, source, meta, row_group_rows=groups)
-    target = shards.join(uri, "shapes", source.name)
+    target = fs.join(uri, "shapes", source.name)
     record = shards.write_shard(table, target, meta, row_group_rows=groups)
-    assert shards.read_bytes(target) == source.read_bytes()  # the same bytes on any filesystem
+    assert fs.read_bytes(target) == source.read_bytes()  # the same bytes on any filesystem
     assert record == local == {"file": source.name, "bytes": source.stat().st_size, "sha256": hashlib.sha256(source.read_bytes()).hexdigest()}
-    assert shards.list_files(shards.join(uri, "shapes")) == [source.name]  # the temporary object was moved away
+    assert fs.list_files(fs.join(uri, "shapes")) == [source.name]  # the temporary object was moved away
     # A stray temporary (a crash mid-put) is swept and never listed.
-    shards.put_atomically(shards.join(uri, "shapes", f".tmp-{source.name}-1-dead"), b"half")
-    assert shards.remove_temporaries(shards.join(uri, "shapes")) == 1
-    assert shards.list_files(shards.join(uri, "shapes")) == [source.name]
+    fs.put_atomically(fs.join(uri, "shapes", f".tmp-{source.name}-1-dead"), b"half")
+    assert fs.remove_temporaries(fs.join(uri, "shapes")) == 1
+    assert fs.list_files(fs.join(uri, "shapes")) == [source.name]
     # Manifests round-trip; a listed file with another size is noticed.
     manifest = Manifest("shapes", 7, {}, "x", [dict(record, first=0, last=1, rows=2, shape_ids=[0, 1])], [])
-    manifest.save(shards.join(uri, "shapes"))
-    loaded = Manifest.load(shards.join(uri, "shapes"))
+    manifest.save(fs.join(uri, "shapes"))
+    loaded = Manifest.load(fs.join(uri, "shapes"))
     assert loaded.shards == manifest.shards
-    assert shards.listed_file_problem(shards.join(uri, "shapes"), loaded.shards[0], verify=True) is None
-    shards.put_atomically(target, source.read_bytes()[:100])
-    assert "100 bytes" in shards.listed_file_problem(shards.join(uri, "shapes"), loaded.shards[0])
+    assert manifest.listed_file_problem(fs.join(uri, "shapes"), loaded.shards[0], verify=True) is None
+    fs.put_atomically(target, source.read_bytes()[:100])
+    assert "100 bytes" in manifest.listed_file_problem(fs.join(uri, "shapes"), loaded.shards[0])
 
 
 @pytest.mark.ray
@@ -92,19 +92,19 @@ def test_validate_reads_an_object_store_root_and_names_a_damaged_shard(reference
     _copy_to(uri, reference)
     ok = cli("validate", "--root", uri)
     assert ok.exit_code == 0 and "6 shapes, 12 views checked: OK" in ok.output, ok.output
-    damaged = shards.join(uri, "views", "views-000000002-000000003.parquet")
-    data = bytearray(shards.read_bytes(damaged))
+    damaged = fs.join(uri, "views", "views-000000002-000000003.parquet")
+    data = bytearray(fs.read_bytes(damaged))
     data[len(data) // 2] ^= 0xFF
-    shards.put_atomically(damaged, bytes(data))
+    fs.put_atomically(damaged, bytes(data))
     bad = cli("validate", "--root", uri)
     assert bad.exit_code == 1 and f"{damaged}: content differs from the manifest's sha256" in bad.output, bad.output
 
 
 def test_new_version_is_refused_where_directories_cannot_be_renamed():
     uri = _memory_root()
-    shards.put_atomically(shards.join(uri, "shapes", "manifest.json"), b"{}")
+    fs.put_atomically(fs.join(uri, "shapes", "manifest.json"), b"{}")
     with pytest.raises(ValueError, match="pass a new --root"):
-        shards.archive_version(uri, ("views", "shapes"))
+        manifest.archive_version(uri, ("views", "shapes"))
 
 
 @pytest.mark.parametrize("root, named", [("nosuchscheme://bucket/zv", "nosuchscheme://bucket/zv"), ("file://relative/path", "file://relative/path")])

@@ -45,7 +45,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, get_worker_info
 
-from zeroverse.shards import MANIFEST_NAME, Manifest
+from zeroverse.store.manifest import Manifest
+from zeroverse.store.shards import MANIFEST_NAME
 
 from .decode import (
     composite,

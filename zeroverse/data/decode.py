@@ -1,6 +1,6 @@
 """Decoding view-shard cells and resizing views without breaking their cameras (numpy + torch).
 
-Cell encodings (docs/architecture.md, zeroverse/conventions.py):
+Cell encodings (docs/architecture.md, zeroverse/scene/conventions.py):
     rgba      PNG, RGBA8, straight (not premultiplied) alpha, sRGB
     depth     float32 little-endian [H, W], planar z in world units, 0 where empty
     normal    float16 little-endian [H, W, 3], world space, 0 where empty

@@ -1,6 +1,6 @@
 """Plücker ray embedding of posed views (pure torch).
 
-Conventions (zeroverse/conventions.py): OpenCV cameras (x right, y down, z forward), `c2w`
+Conventions (zeroverse/scene/conventions.py): OpenCV cameras (x right, y down, z forward), `c2w`
 camera-to-world 4x4, `K` 3x3 intrinsics in pixels, pixel centres at +0.5: pixel (row i, column j)
 is the point u = j + 0.5, v = i + 0.5 of the image plane.
 

@@ -1,7 +1,7 @@
 """Evaluate a GS-LRM checkpoint on eval-rig views, and export its Gaussians as .ply.
 
 The GSO protocol (GS-LRM, LRM-Zero): 4 input views at elevation 20°, azimuths 45/135/225/315°,
-and target views on rings at elevations 0/20/40/60° (zeroverse.cameras, rig kind "eval"). The
+and target views on rings at elevations 0/20/40/60° (zeroverse.scene.cameras, rig kind "eval"). The
 model predicts Gaussians from the inputs; every target is rendered on white (the background
 ViewDataset composites the ground truth on) and scored with PSNR, SSIM and, only when the user
 gives pretrained VGG16/LPIPS weights, LPIPS. Without weights LPIPS is reported as skipped, with
@@ -169,7 +169,7 @@ class _ViewsScan:
     """Roles and sizes of every shape a views root lists (tiny columns only, no images)."""
 
     views_dir: Path
-    manifest: Any  # zeroverse.shards.Manifest
+    manifest: Any  # zeroverse.store.manifest.Manifest
     inputs: dict[int, int]  # perspective 'input' views per shape
     targets: dict[int, int]  # perspective 'target' views per shape
     perspective: dict[int, int]  # all perspective views per shape
@@ -185,7 +185,7 @@ def _scan_views(views_root: str | os.PathLike) -> _ViewsScan:
     import pyarrow.parquet as pq
 
     from zeroverse.data.dataset import resolve_views_dir
-    from zeroverse.shards import shard_path
+    from zeroverse.store.shards import shard_path
 
     views_dir, manifest = resolve_views_dir(views_root)
     inputs: dict[int, int] = {}
@@ -579,7 +579,7 @@ def _write_grid(path: Path, rows: list[dict[str, Any]]) -> Path:
 
 
 def _write_text(path: Path, text: str) -> None:
-    from zeroverse.shards import atomic_write_text
+    from zeroverse.store.fs import atomic_write_text
 
     atomic_write_text(path, text)
 
@@ -600,7 +600,7 @@ def _version() -> str:
 
 def _render_settings(resolution: int, samples: int | None, engine: str):
     from pipelines.render import resolve_engine
-    from zeroverse.render_settings import RenderSettings
+    from zeroverse.scene.render_settings import RenderSettings
 
     defaults = RenderSettings()
     return RenderSettings(
@@ -653,7 +653,7 @@ def evaluate_real(
     out_dir/ATTRIBUTION.txt and metrics.md.
     """
     from pipelines.real_objects import render_real_objects
-    from zeroverse.cameras import RigConfig
+    from zeroverse.scene.cameras import RigConfig
 
     dev = _resolve_device(device)
     loaded = _load(checkpoint, dev)  # fail before rendering
@@ -690,7 +690,7 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 def _warn_if_training_shapes(shapes_root: Path, info: dict[str, Any]) -> None:
     """Best effort: the checkpoint's training root rendered these very shapes -> not held out."""
-    from zeroverse.shards import Manifest
+    from zeroverse.store.manifest import Manifest
 
     with contextlib.suppress(Exception):
         train_root = Path((info.get("train_config") or {})["root"])
@@ -731,7 +731,7 @@ def evaluate_procedural(
     gets its own views/), then evaluate()s them. Warns when the shapes are the training ones.
     """
     from pipelines.render import RenderConfig, run_render
-    from zeroverse.cameras import RigConfig
+    from zeroverse.scene.cameras import RigConfig
 
     src = Path(shapes_root)
     if src.name == "shapes" and (src / "manifest.json").is_file():

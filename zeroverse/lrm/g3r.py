@@ -331,7 +331,7 @@ def unproject_depth(
     c2w: Tensor,  # [V, 4, 4] OpenCV camera-to-world
     K: Tensor,  # [V, 3, 3] pixels, centres at +0.5
 ) -> Tensor:  # [V, H, W, 3] world xyz (0 where depth is 0)
-    """Torch twin of zeroverse.cameras.unproject_depth (perspective), batched over views."""
+    """Torch twin of zeroverse.scene.cameras.unproject_depth (perspective), batched over views."""
     V, H, W = depth.shape
     v, u = torch.meshgrid(torch.arange(H, device=depth.device, dtype=depth.dtype) + 0.5,
                           torch.arange(W, device=depth.device, dtype=depth.dtype) + 0.5,

@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from zeroverse.shards import SHAPE_SCHEMA, VIEW_SCHEMA, Location, Manifest, exists, is_dir, join, list_files, read_table, sha256_file, shard_path
+from zeroverse.store.fs import Location, exists, is_dir, join, list_files, read_table, sha256_file
+from zeroverse.store.manifest import Manifest
+from zeroverse.store.shards import SHAPE_SCHEMA, VIEW_SCHEMA, shard_path
 
 
 @dataclass
@@ -77,7 +79,7 @@ def validate_shapes(directory: Location, report: ValidationReport) -> None:
 
 def _rendered_views_per_shape(config: dict) -> int | None:
     """Views per shape that the rig recorded in a views manifest's config asks for."""
-    from zeroverse.cameras import EVAL_INPUT_AZIMUTHS, EVAL_TARGET_AZIMUTHS, EVAL_TARGET_ELEVATIONS
+    from zeroverse.scene.cameras import EVAL_INPUT_AZIMUTHS, EVAL_TARGET_AZIMUTHS, EVAL_TARGET_ELEVATIONS
 
     rig = config.get("rig") if isinstance(config, dict) else None
     if not isinstance(rig, dict) or "num_views" not in rig:

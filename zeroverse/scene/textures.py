@@ -89,7 +89,7 @@ KINDS: tuple[str, ...] = (
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
-_BUNDLED_PRESETS = Path(__file__).resolve().parent.parent / "textures" / "presets.toml"
+_BUNDLED_PRESETS = Path(__file__).resolve().parents[2] / "textures" / "presets.toml"
 _CACHE_LAYOUT = "textures/v1"
 _FOLDER_INDEX = "index.json"
 # 1024 entries keep colour ramps free of visible banding before the 8-bit quantisation.
@@ -1029,7 +1029,7 @@ class TextureBank:
             if cache_dir is None:
                 raise ValueError(
                     f"a folder bank ({folder!r}) reads the cache that prepare_folder_bank writes: "
-                    "run zeroverse.textures.prepare_folder_bank(folder, cache_dir) and pass that "
+                    "run zeroverse.scene.textures.prepare_folder_bank(folder, cache_dir) and pass that "
                     "cache_dir"
                 )
             self.cache_dir = Path(cache_dir)
@@ -1107,7 +1107,7 @@ class TextureBank:
         except (OSError, ValueError) as exc:
             raise ValueError(
                 f"folder bank cache file {str(path)!r} is missing or unreadable ({exc}): re-run "
-                "zeroverse.textures.prepare_folder_bank(folder, cache_dir)"
+                "zeroverse.scene.textures.prepare_folder_bank(folder, cache_dir)"
             ) from exc
 
     def licence(self, texture_id: int) -> str:
@@ -1165,7 +1165,7 @@ def _read_folder_index(cache_dir: Path, folder: str) -> dict:
     except (OSError, ValueError) as exc:
         raise ValueError(
             f"no readable {_FOLDER_INDEX} in {str(cache_dir)!r} ({exc}): run "
-            f"zeroverse.textures.prepare_folder_bank({folder!r}, {str(cache_dir)!r}) first"
+            f"zeroverse.scene.textures.prepare_folder_bank({folder!r}, {str(cache_dir)!r}) first"
         ) from exc
     index["sha256"] = hashlib.sha256(raw).hexdigest()
     return index

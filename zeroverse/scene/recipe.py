@@ -3,7 +3,7 @@
 A `ShapeRecipe` is a complete, JSON-serialisable description of one Zeroverse shape: which
 primitives, their sizes, poses and per-region textures, and which augmentations (height field,
 boolean difference, wireframe) were applied with which parameters. Building the mesh from a
-recipe (zeroverse.primitives + blender_scripts.build_shape) involves no randomness at all, so
+recipe (zeroverse.scene.primitives + blender_scripts.build_shape) involves no randomness at all, so
 the recipe alone reproduces the shape.
 
 Imports: numpy and the standard library only (this module runs inside Blender's Python).

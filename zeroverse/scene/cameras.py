@@ -1,6 +1,6 @@
 """Camera rigs and conventions (pure numpy; runs inside Blender's Python too).
 
-Conventions (zeroverse.conventions): OpenCV cameras, x right, y down, z forward; c2w is
+Conventions (zeroverse.scene.conventions): OpenCV cameras, x right, y down, z forward; c2w is
 camera-to-world; intrinsics fx, fy, cx, cy in pixels with pixel centres at +0.5.
 
 What the rigs guarantee: every perspective camera looks at the origin from outside the shape's

@@ -10,7 +10,7 @@ Lambert with a light at the camera plus ambient.
 
 Example::
 
-    >>> from zeroverse.shape_io import load_shape, texture_bank_for_root    # doctest: +SKIP
+    >>> from zeroverse.store.shape_io import load_shape, texture_bank_for_root    # doctest: +SKIP
     >>> image = render_shape_preview(load_shape(root, 3), texture_bank_for_root(root))  # doctest: +SKIP
     >>> contact_sheet(root, "sheet.png")                                     # doctest: +SKIP
 """
@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw, ImageFont
 
-from zeroverse.shape_io import (
+from zeroverse.store.shape_io import (
     TextureSource,
     ShapeRecord,
     _load_manifest,
@@ -37,7 +37,7 @@ from zeroverse.shape_io import (
     shapes_dir,
     texture_bank_for_root,
 )
-from zeroverse.shards import shard_path
+from zeroverse.store.shards import shard_path
 
 # Candidate pixels per chunk: 2^20 candidates keep the temporaries near 100 MB.
 CHUNK_CANDIDATES = 1 << 20

@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from zeroverse.primitives import MeshArrays, normalise_into_cube
+from zeroverse.scene.primitives import MeshArrays, normalise_into_cube
 
 
 @dataclass

@@ -26,7 +26,9 @@ from typing import Any, Iterator, Protocol
 
 import numpy as np
 
-from zeroverse.shards import Manifest, shard_path
+from zeroverse.store.manifest import Manifest
+from zeroverse.store.fs import Location, read_table
+from zeroverse.store.shards import MANIFEST_NAME, shard_path
 
 EXPORT_FORMATS = ("glb", "obj", "ply")
 # Smooth normals across edges flatter than this; sharper edges (box edges, boolean rims) stay
@@ -35,7 +37,7 @@ DEFAULT_CREASE_DEG = 40.0
 
 
 class TextureSource(Protocol):
-    """Anything that maps a texture id to an image, e.g. zeroverse.textures.TextureBank."""
+    """Anything that maps a texture id to an image, e.g. zeroverse.scene.textures.TextureBank."""
 
     def get(self, texture_id: int) -> np.ndarray:  # uint8 [R, R, 3]
         ...
@@ -149,7 +151,7 @@ _RECORD_COLUMNS = ("shape_id", "seed", "recipe", "vertices", "faces", "uvs", "fa
 def iter_shape_records(root: str | Path, shape_ids: list[int] | None = None) -> Iterator[ShapeRecord]:
     """Records of the shapes the manifest lists (optionally only `shape_ids`), in shard order.
 
-    Like zeroverse.shards.read_shape_rows but the list columns go straight to numpy: rows as
+    Like zeroverse.store.shape_io.read_shape_rows but the list columns go straight to numpy: rows as
     Python lists cost ~75 ms per 10k-face shape, which would dominate a contact sheet."""
     import pyarrow.parquet as pq
 
@@ -181,7 +183,7 @@ def texture_bank_for_root(root: str | Path, cache_dir: str | Path | None = None)
     recorded none gets the default procedural bank, sized by the recipe's texture_bank_size. A
     folder bank needs the `cache_dir` that prepare_folder_bank wrote.
     """
-    from zeroverse.textures import TextureBank, TextureBankConfig
+    from zeroverse.scene.textures import TextureBank, TextureBankConfig
 
     manifest = _load_manifest(shapes_dir(root), "shapes")
     desc = dict(manifest.config.get("textures") or {})
@@ -193,7 +195,7 @@ def texture_bank_for_root(root: str | Path, cache_dir: str | Path | None = None)
         if cache_dir is None:
             raise ValueError(
                 f"{root} was made with the texture folder {desc.get('folder')!r}: pass the cache_dir "
-                "that zeroverse.textures.prepare_folder_bank wrote for it"
+                "that zeroverse.scene.textures.prepare_folder_bank wrote for it"
             )
         return TextureBank(TextureBankConfig(seed=seed, size=size, resolution=resolution), cache_dir=cache_dir, folder=desc["folder"])
     # A presets file recorded by an older version is used when it exists here; otherwise the
@@ -464,7 +466,7 @@ def export_shape(
             f"use a .{fmt} path or --format {path.suffix.lstrip('.').lower()}"
         )
     if bank is None:
-        from zeroverse.textures import TextureBank, TextureBankConfig
+        from zeroverse.scene.textures import TextureBank, TextureBankConfig
 
         bank = TextureBank(TextureBankConfig())
     mesh = export_mesh(record, bank, tile_size=tile_size)
@@ -567,3 +569,18 @@ def export_from_root(
     record = load_shape(root, shape_id)
     bank = texture_bank_for_root(root, cache_dir=cache_dir)
     return export_shape(record, out if out is not None else default_export_path(root, shape_id, fmt), fmt, bank)
+
+
+def read_shape_rows(directory: Location, shape_ids: list[int] | None = None) -> Iterator[dict[str, Any]]:
+    """Yields shape rows (as Python dicts) listed by the manifest, optionally only `shape_ids`."""
+    manifest = Manifest.load(directory)
+    if manifest is None:
+        raise ValueError(f"{directory} has no {MANIFEST_NAME}; run `zeroverse generate --root {str(directory).rstrip('/').rsplit('/', 1)[0]}` first")
+    wanted = None if shape_ids is None else set(shape_ids)
+    for shard in sorted(manifest.shards, key=lambda s: s["first"]):
+        if wanted is not None and not wanted.intersection(shard["shape_ids"]):
+            continue
+        table = read_table(shard_path(directory, shard))
+        for row in table.to_pylist():
+            if wanted is None or row["shape_id"] in wanted:
+                yield row

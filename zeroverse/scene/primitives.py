@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from zeroverse.recipe import HeightField, Primitive, quaternion_matrix
+from zeroverse.scene.recipe import HeightField, Primitive, quaternion_matrix
 
 TWO_PI = 2.0 * math.pi
 

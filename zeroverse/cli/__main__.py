@@ -1,0 +1,3 @@
+from zeroverse.cli import main
+
+main()

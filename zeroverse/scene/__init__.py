@@ -1,0 +1,6 @@
+"""The pure floor: what a shape and its views are, in numpy and the standard library only.
+
+Recipes, primitives, cameras, render settings, image codecs, textures and real-object meshes.
+Blender's own Python (bpy + numpy, no pyarrow, no torch) imports these modules inside the
+render workers, so nothing here may import pyarrow, ray, torch or anything above this floor.
+"""
