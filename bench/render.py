@@ -321,6 +321,19 @@ def run_baseline(rev: str, root: Path, args, keep: Path) -> dict:
     return json.loads(report.read_text())["runs"][0]
 
 
+def parse_option(text: str) -> tuple[str, object]:
+    """NAME=VALUE -> (name, value) with VALUE read as JSON where it can be (true, 4, 0.5), else a string."""
+    import json
+
+    name, sep, value = text.partition("=")
+    if not sep:
+        raise SystemExit(f"--eevee-option {text!r}: write NAME=VALUE, e.g. use_fast_gi=false")
+    try:
+        return name.strip(), json.loads(value)
+    except json.JSONDecodeError:
+        return name.strip(), value
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description="End-to-end render throughput (views/s) per process count, and where a view's time goes.")
     p.add_argument("--root", type=Path, default=None, help="a generated root (default: generate --shapes shapes into a temporary one)")
@@ -342,6 +355,8 @@ def main() -> None:
                         "tables side by side and the largest image differences between the two")  # fmt: skip
     p.add_argument("--rounds", type=int, default=1, help="with --baseline: old/new pairs to run (medians over rounds)")
     p.add_argument("--gpus", default=None, help="spread the processes over these devices, round-robin (e.g. 0,1)")
+    p.add_argument("--eevee-option", action="append", default=[], metavar="NAME=VALUE",
+                   help="an EEVEE scene setting on top of the defaults, e.g. use_fast_gi=false (repeatable)")
     p.add_argument("--e2e", default=None, metavar="SMALL,LARGE",
                    help="instead: core-seconds per view through `zeroverse render` itself (Ray, default render settings), "
                         "from two runs of SMALL and LARGE shapes (their difference: Ray's start-up cancels); with --baseline, "
@@ -355,7 +370,8 @@ def main() -> None:
     root = args.root
     if root is None:
         root = make_root(Path(tempfile.mkdtemp(prefix="zv-bench-root-")), args.shapes)
-    settings = RenderSettings(engine=args.engine, resolution=args.resolution, samples=samples, denoise=args.denoise, threads=args.threads)
+    settings = RenderSettings(engine=args.engine, resolution=args.resolution, samples=samples, denoise=args.denoise, threads=args.threads,
+                              eevee_options=tuple(parse_option(o) for o in args.eevee_option))
     report = {"settings": settings.to_dict(), "views_per_shape": args.views, "shapes_per_shard": args.shapes_per_shard}
     if args.e2e:
         repo = Path(__file__).resolve().parents[1]

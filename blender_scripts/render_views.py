@@ -162,6 +162,20 @@ class BlenderRenderer:
         scene.world = world
         self._background = world.node_tree.nodes["Background"]
         self.set_light(s.light_strength, s.light_color)
+        if s.engine == "eevee":
+            # The only light is a uniform world, which casts no shadows unless EEVEE extracts a
+            # sun from it (radiance above world.sun_threshold, 10; random_light reaches 1.4x the
+            # strength). EEVEE still renders its shadow maps every sample: switching them off gave
+            # identical pixels and 1.33x the views/s at 512², 12 processes on an H200
+            # (bench/eevee_ablation.py, bench/results/render_gpu.json).
+            scene.eevee.use_shadows = 1.4 * s.light_strength * max(s.light_color) >= world.sun_threshold
+            for name, value in s.eevee_options:
+                # "world.x": a setting of the world (bpy.types.World), else of the scene's EEVEE.
+                owner, attr = (world, name[len("world."):]) if name.startswith("world.") else (scene.eevee, name)
+                if not hasattr(owner, attr):
+                    raise ValueError(f"eevee option {name!r} is not a setting of Blender {bpy.app.version_string}'s "
+                                     f"{type(owner).__name__} (names: SceneEEVEE properties, or world.<World property>)")
+                setattr(owner, attr, value)
 
         camera = bpy.data.cameras.new("zv_camera")
         camera.sensor_fit = "HORIZONTAL"

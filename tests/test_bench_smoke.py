@@ -140,3 +140,18 @@ def test_gpu_onehold_every_phase_toy_mode(tmp_path):
     assert result["gso25_psnr"] is not None and result["heldout_psnr"] is not None and result["steps"] >= 1
     assert [r["name"] for r in result["ablation"]] == ["a0_v1", "a5_layout"]
     assert (tmp_path / "w" / "out" / "onehold.tgz").stat().st_size > 0
+
+
+@pytest.mark.blender
+def test_eevee_ablation_bench_cycles_mode(tmp_path):
+    """The EEVEE knobs are skipped on a CPU (reported as such); the variant machinery, the
+    barriers and the PSNR against each process's baseline images still run."""
+    out_json = tmp_path / "ablation.json"
+    out = run_bench(["bench/eevee_ablation.py", "--engine", "cycles", "--shapes", "2", "--procs", "2", "--views", "2",
+                     "--resolution", "32", "--samples", "1", "--variants", "baseline,samples_8,opaque_film,same_shape",
+                     "--json", str(out_json)])  # fmt: skip
+    assert "views/s" in out
+    rows = {r["variant"]: r for r in json.loads(out_json.read_text())["variants"]}
+    assert rows["samples_8"]["skipped"] == ["eevee.taa_render_samples"]
+    assert rows["samples_8"]["psnr_vs_baseline_db"] == float("inf")  # nothing changed: the same pixels
+    assert rows["opaque_film"]["psnr_vs_baseline_db"] < 30  # the background became opaque

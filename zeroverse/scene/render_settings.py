@@ -27,6 +27,11 @@ class RenderSettings:
     png_rle: bool = True
     threads: int = 1  # CPU threads of one Blender worker (Cycles)
     texture_cache: int = 512  # textures a worker keeps loaded between shapes
+    # EEVEE settings set on top of Blender's defaults, as (name, value) pairs: a property of
+    # bpy.types.SceneEEVEE ("use_fast_gi", False) or, prefixed "world.", of the world
+    # ("world.probe_resolution", "128"). How render-cost knobs are measured side by side
+    # (bench/eevee_ablation.py) and a faster look is chosen without new code.
+    eevee_options: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -37,6 +42,14 @@ class RenderSettings:
             raise ValueError(f"--samples {self.samples}: need at least 1 sample per pixel")
         if self.light_strength < 0:
             raise ValueError(f"light_strength={self.light_strength} must be >= 0")
+        for option in self.eevee_options:
+            if not (isinstance(option, tuple) and len(option) == 2 and isinstance(option[0], str)
+                    and option[0].removeprefix("world.").isidentifier()):
+                raise ValueError(f"eevee_options entry {option!r} must be a (name, value) pair, e.g. ('use_fast_gi', False)")
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        out = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        out["eevee_options"] = [list(pair) for pair in self.eevee_options]
+        if not self.eevee_options:  # roots rendered before the field existed keep their identity
+            del out["eevee_options"]
+        return out

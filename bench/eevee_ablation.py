@@ -1,0 +1,315 @@
+"""Where EEVEE's render call spends its time: one knob at a time, side by side in one run.
+
+The end-to-end farm spends ~420 ms of a 453 ms view (512², 16 spp, 12 processes on one H200)
+inside `bpy.ops.render.render`; a fixed simple scene renders 2.5x faster. This bench keeps N
+long-lived Blender processes (as the farm does) and renders the same shapes and cameras under
+each variant in turn: all processes start a variant together (a barrier), so the aggregate
+views/s of two variants are measured minutes apart on the same warm GPU. Each process also
+compares every variant's images with its own baseline images (PSNR over RGBA8), so a faster
+setting comes with how much it changes the data.
+
+    python3.11 bench/eevee_ablation.py --root ROOT --procs 12 --gpus 0 --resolution 512 --views 8 \
+        --shapes 24 --json out.json
+
+Variants set EEVEE / render / view-layer properties (checked against this Blender) or change
+the scene: `one_material` gives every face one plain material (no textures); `same_shape`
+renders the first shape again and again (no per-shape set-up between views). On a CPU box the
+same code runs with `--engine cycles` at toy size (tests/test_bench_smoke.py): EEVEE-only knobs
+are then skipped and reported as such.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing as mp
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+# name -> {"eevee.X" | "render.X" | "layer.X" | "world.X": value}; "scene:..." entries are handled in code.
+VARIANTS: dict[str, dict] = {
+    "baseline": {},  # the farm's settings (since the first run below: EEVEE shadows off)
+    "shadows_on": {"eevee.use_shadows": True},  # the 2026-11-30 baseline: 0.73x, same pixels
+    "no_fast_gi": {"eevee.use_fast_gi": False},
+    "fast_gi_low": {"eevee.fast_gi_step_count": 2, "eevee.fast_gi_resolution": "4"},
+    "no_depth_normal": {"layer.use_pass_z": False, "layer.use_pass_normal": False},
+    "opaque_film": {"render.film_transparent": False},
+    "samples_8": {"eevee.taa_render_samples": 8},
+    "one_material": {"scene:one_material": True},
+    "same_shape": {"scene:same_shape": True},
+    "world_probe_128": {"world.probe_resolution": "128"},
+    "shadow_pool_16": {"eevee.shadow_pool_size": "16"},
+}
+
+
+def _targets(bpy) -> dict:
+    scene = bpy.context.scene
+    return {"eevee": scene.eevee, "render": scene.render, "layer": scene.view_layers[0], "world": scene.world}
+
+
+def apply_variant(bpy, variant: dict) -> tuple[dict, list[str]]:
+    """Sets the variant's properties; returns the previous values (to restore) and the knobs
+    this Blender/engine does not have (skipped)."""
+    targets, previous, skipped = _targets(bpy), {}, []
+    for key, value in variant.items():
+        if key.startswith("scene:"):
+            continue
+        where, name = key.split(".", 1)
+        owner = targets[where]
+        if where == "eevee" and bpy.context.scene.render.engine != "BLENDER_EEVEE" or not hasattr(owner, name):
+            skipped.append(key)
+            continue
+        previous[key] = getattr(owner, name)
+        setattr(owner, name, value)
+    return previous, skipped
+
+
+def restore(bpy, previous: dict) -> None:
+    targets = _targets(bpy)
+    for key, value in previous.items():
+        where, name = key.split(".", 1)
+        setattr(targets[where], name, value)
+
+
+def rgba_of(channels: dict):
+    """Straight-alpha sRGB8 RGBA from the Combined pass alone, the same way for every variant
+    (some variants have no depth/normal passes), so PSNRs compare like with like."""
+    import numpy as np
+
+    def plane(name: str) -> np.ndarray:
+        return next(v for k, v in channels.items() if k.endswith(f"Combined.{name}"))
+
+    alpha = np.clip(plane("A"), 0.0, 1.0)
+    rgb = np.clip(np.stack([plane(c) for c in "RGB"], -1) / np.maximum(alpha, 1e-6)[..., None], 0.0, 1.0)
+    srgb = np.where(rgb <= 0.0031308, 12.92 * rgb, 1.055 * np.power(rgb, 1 / 2.4) - 0.055)
+    return np.rint(np.concatenate([srgb, alpha[..., None]], -1) * 255.0).astype(np.uint8)
+
+
+def psnr(a, b) -> float:
+    import numpy as np
+
+    err = float(np.mean((a.astype(np.float32) - b.astype(np.float32)) ** 2))
+    return float("inf") if err == 0 else 10.0 * math.log10(255.0**2 / err)
+
+
+def worker(rank: int, device: int | None, args: dict, barrier, results) -> None:
+    """One long-lived Blender: renders its shapes under every variant, in the order given."""
+    from blender_scripts.gpu_binding import bind_render_device
+
+    bind_render_device(device)
+    import bpy
+    import numpy as np
+
+    from blender_scripts.render_views import BlenderRenderer, quiet_stdout
+    from pipelines.texture_bank import open_bank
+    from zeroverse.scene.render_timing import StageClock
+    from zeroverse.scene.cameras import RigConfig, make_cameras, rig_rng
+    from zeroverse.scene.primitives import MeshArrays
+    from zeroverse.scene.render_settings import RenderSettings
+    from zeroverse.store.fs import read_table
+    from zeroverse.store.manifest import Manifest
+    from zeroverse.store.shape_io import ShapeRecord
+
+    root = Path(args["root"])
+    shapes = Manifest.load(root / "shapes")
+    rows = []
+    for shard in sorted(shapes.shards, key=lambda s: s["first"]):
+        rows += read_table(root / "shapes" / shard["file"]).to_pylist()
+    rows = rows[: args["shapes"]][rank :: args["procs"]]
+    settings = RenderSettings(engine=args["engine"], resolution=args["resolution"], samples=args["samples"], threads=1)
+    bank = open_bank(shapes.config.get("textures", {}), root)
+    renderer = BlenderRenderer(settings, bank.get, device=device)
+    rig = RigConfig(num_views=args["views"])
+    work = []
+    for row in rows:
+        record = ShapeRecord.from_row(row)
+        mesh = MeshArrays(record.vertices, record.faces, record.uvs, record.regions)
+        bound = float(np.linalg.norm(mesh.vertices, axis=1).max())
+        work.append((int(row["shape_id"]), mesh, record.region_textures, make_cameras(rig, rig_rng(shapes.seed, int(row["shape_id"])), settings.resolution, bound)))
+    plain = bpy.data.materials.new("zv_plain")
+    plain.use_fake_user = True  # clear_shape purges orphans
+    baseline: dict[tuple[int, int], np.ndarray] = {}
+
+    def render_one(cameras, v, clock, keep: bool):
+        with quiet_stdout():
+            renderer._place_camera(cameras.c2w[v], cameras.intrinsics[v], cameras.projections[v])
+            with clock("render"):
+                bpy.ops.render.render(write_still=False)
+            with clock("pass_write"):
+                bpy.data.images["Render Result"].save_render(renderer._exr, scene=bpy.context.scene)
+        with clock("pass_read"):
+            from zeroverse.scene.imageio import read_exr_channels
+
+            channels = read_exr_channels(renderer._exr)
+        return rgba_of(channels) if keep else None
+
+    def add(sid, mesh, textures, cameras, one_material):
+        renderer.clear_shape()
+        obj = renderer._add_shape(mesh, textures, StageClock())
+        if one_material:
+            obj.data.materials.clear()
+            obj.data.materials.append(plain)
+        renderer.set_clip(cameras.near, cameras.far)
+
+    for name in args["variants"]:
+        variant = VARIANTS[name]
+        previous, skipped = apply_variant(bpy, variant)
+        one_material, same_shape = variant.get("scene:one_material", False), variant.get("scene:same_shape", False)
+        # Warm-up outside the clock: a variant that changes the shaders compiles them here.
+        sid, mesh, textures, cameras = work[0]
+        add(sid, mesh, textures, cameras, one_material)
+        t = time.perf_counter()
+        render_one(cameras, 0, StageClock(), keep=False)
+        warm_s = time.perf_counter() - t
+        barrier.wait()
+        clock, first_view, later_views, scores = StageClock(), [], [], []
+        t0 = time.perf_counter()
+        views = 0
+        for k, (sid, mesh, textures, cameras) in enumerate(work):
+            if same_shape:  # the first shape's views again and again: no per-shape work
+                sid, mesh, textures, cameras = work[0]
+                if k == 0:
+                    add(sid, mesh, textures, cameras, one_material)
+            else:
+                with clock("scene"):
+                    add(sid, mesh, textures, cameras, one_material)
+            for v in range(len(cameras.c2w)):
+                keep = v == 0 and not same_shape
+                before = clock.seconds.get("render", 0.0)
+                rgba = render_one(cameras, v, clock, keep)
+                (first_view if v == 0 else later_views).append(clock.seconds.get("render", 0.0) - before)
+                views += 1
+                if rgba is not None:
+                    if name == "baseline":
+                        baseline[(sid, v)] = rgba
+                    elif (sid, v) in baseline:
+                        scores.append(psnr(rgba, baseline[(sid, v)]))
+        t1 = time.perf_counter()
+        renderer.clear_shape()
+        barrier.wait()
+        restore(bpy, previous)
+        results.put({"variant": name, "rank": rank, "t0": t0, "t1": t1, "views": views, "warm_s": warm_s,
+                     "stages": dict(clock.seconds), "first_view_s": first_view, "later_view_s": later_views,
+                     "psnr": scores, "skipped": skipped})
+    renderer.close()
+
+
+def gpu_sampler(stop: threading.Event, samples: list) -> None:
+    """nvidia-smi's utilisation and memory per GPU every 0.5 s (nothing where there is no GPU)."""
+    while not stop.is_set():
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=index,utilization.gpu,memory.used", "--format=csv,noheader,nounits"],
+                                 capture_output=True, text=True, timeout=5).stdout
+            samples.append((time.perf_counter(), [tuple(float(x) for x in line.split(",")) for line in out.strip().splitlines()]))
+        except (OSError, subprocess.SubprocessError, ValueError):
+            return
+        stop.wait(0.5)
+
+
+def median(values: list[float]) -> float:
+    values = sorted(values)
+    if not values:
+        return float("nan")
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else 0.5 * (values[mid - 1] + values[mid])
+
+
+def run(args, variants: list[str], gpus: list[int]) -> list[dict]:
+    """Starts the processes, collects every (variant, process) result, one row per variant."""
+    ctx = mp.get_context("spawn")
+    barrier, results = ctx.Barrier(args.procs), ctx.Queue()
+    shared = {**vars(args), "root": str(args.root), "variants": variants, "json": None}
+    procs = [ctx.Process(target=worker, args=(r, gpus[r % len(gpus)] if gpus else None, shared, barrier, results)) for r in range(args.procs)]
+    stop, samples = threading.Event(), []
+    sampler = threading.Thread(target=gpu_sampler, args=(stop, samples), daemon=True)
+    sampler.start()
+    for proc in procs:
+        proc.start()
+    got = []
+    while len(got) < args.procs * len(variants):
+        try:
+            got.append(results.get(timeout=30))
+        except Exception:  # noqa: BLE001 - queue.Empty: is everyone still alive?
+            if any(proc.exitcode not in (None, 0) for proc in procs):
+                raise SystemExit(f"a Blender process died (exit codes {[proc.exitcode for proc in procs]})")
+    for proc in procs:
+        proc.join()
+    stop.set()
+    rows = []
+    for name in variants:
+        parts = [g for g in got if g["variant"] == name]
+        t0, t1 = min(g["t0"] for g in parts), max(g["t1"] for g in parts)
+        views = sum(g["views"] for g in parts)
+        during = [s for t, s in samples if t0 <= t <= t1]
+        util = {int(idx): median([s[i][1] for s in during]) for i, (idx, *_rest) in enumerate(during[0])} if during else {}
+        stages = {}
+        for g in parts:
+            for k, v in g["stages"].items():
+                stages[k] = stages.get(k, 0.0) + v
+        row = {
+            "variant": name,
+            "views_per_s": views / max(t1 - t0, 1e-9),
+            "views": views,
+            "render_ms_first_view": 1e3 * median([x for g in parts for x in g["first_view_s"]]),
+            "render_ms_later_views": 1e3 * median([x for g in parts for x in g["later_view_s"]]),
+            "stage_ms_per_view": {k: 1e3 * v / views for k, v in sorted(stages.items())},
+            "warm_up_s": median([g["warm_s"] for g in parts]),
+            "psnr_vs_baseline_db": median([x for g in parts for x in g["psnr"]]) if name != "baseline" else None,
+            "psnr_min_db": min([x for g in parts for x in g["psnr"]], default=None) if name != "baseline" else None,
+            "gpu_util_median": util,
+            "skipped": sorted({k for g in parts for k in g["skipped"]}),
+        }
+        rows.append(row)
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--root", type=Path, default=None, help="a generated root (default: generate --shapes shapes into a temporary one)")
+    p.add_argument("--engine", default="eevee", choices=["eevee", "cycles", "workbench"])
+    p.add_argument("--resolution", type=int, default=512)
+    p.add_argument("--samples", type=int, default=16)
+    p.add_argument("--views", type=int, default=8)
+    p.add_argument("--shapes", type=int, default=24)
+    p.add_argument("--procs", type=int, default=12)
+    p.add_argument("--gpus", default="", help="devices to spread the processes over, round-robin (e.g. 0 or 0,1)")
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, baseline first (known: {', '.join(VARIANTS)})")
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args()
+    variants = [v for v in args.variants.split(",") if v]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown or variants[:1] != ["baseline"]:
+        raise SystemExit(f"--variants {args.variants!r}: start with baseline and use known names ({', '.join(VARIANTS)}); unknown: {unknown}")
+    if args.shapes < args.procs:
+        raise SystemExit(f"--shapes {args.shapes} < --procs {args.procs}: every process needs at least one shape")
+    gpus = [int(g) for g in args.gpus.split(",") if g.strip()]
+    with tempfile.TemporaryDirectory(prefix="zv-ablation-") as tmp:
+        if args.root is None:
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
+            from render import make_root  # bench/render.py: the same generated root as the render bench
+
+            args.root = make_root(Path(tmp) / "root", args.shapes)
+        rows = run(args, variants, gpus)
+    base = rows[0]["views_per_s"]
+    print(f"{'variant':<16} {'views/s':>8} {'x base':>7} {'render ms (1st/later)':>22} {'PSNR dB':>8}  skipped")
+    for r in rows:
+        ps = "" if r["psnr_vs_baseline_db"] is None else f"{r['psnr_vs_baseline_db']:.1f}"
+        print(f"{r['variant']:<16} {r['views_per_s']:8.2f} {r['views_per_s'] / base:7.2f} "
+              f"{r['render_ms_first_view']:10.0f} / {r['render_ms_later_views']:<9.0f} {ps:>8}  {','.join(r['skipped'])}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"engine": args.engine, "resolution": args.resolution, "samples": args.samples, "views_per_shape": args.views,
+                "shapes": args.shapes, "procs": args.procs, "gpus": gpus, "host_cores": os.cpu_count()}
+        args.json.write_text(json.dumps({"config": meta, "variants": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
