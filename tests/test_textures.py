@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from zeroverse.scene import textures as T
+from zeroverse.scene.files import TEMPORARY_PREFIX
+from zeroverse.scene.textures import generators as G
+from zeroverse.scene.textures import presets as P
 from zeroverse.scene.textures import (
     DEFAULT_BANK_SIZE,
     KINDS,
@@ -80,7 +82,7 @@ def test_seeds_give_different_banks():
 
 
 def test_every_kind_has_a_generator_and_a_weight():
-    assert tuple(T._GENERATORS) == KINDS == tuple(load_presets()["weights"])
+    assert tuple(G.GENERATORS) == KINDS == tuple(load_presets()["weights"])
 
 
 def test_every_kind_appears_in_the_default_bank():
@@ -150,20 +152,20 @@ def test_textures_tile_without_visible_seams(small_bank):
 
 
 def test_bundled_presets_file_equals_builtin_defaults():
-    assert load_presets() == T._DEFAULT_PRESETS
-    assert load_presets(REPO / "textures" / "presets.toml") == T._DEFAULT_PRESETS
+    assert load_presets() == P.DEFAULT_PRESETS
+    assert load_presets(REPO / "textures" / "presets.toml") == P.DEFAULT_PRESETS
 
 
 def test_missing_bundled_presets_fall_back_to_builtin_defaults(tmp_path, monkeypatch):
     expected = TextureBank(TextureBankConfig(), cache_dir=tmp_path).describe()["presets_hash"]
-    monkeypatch.setattr(T, "_BUNDLED_PRESETS", tmp_path / "not-shipped.toml")
-    T._bundled_presets.cache_clear()
+    monkeypatch.setattr(P, "BUNDLED_PRESETS", tmp_path / "not-shipped.toml")
+    P.bundled_presets.cache_clear()
     try:
         bank = TextureBank(TextureBankConfig(), cache_dir=tmp_path)
         assert bank.presets_source == "built-in defaults"
         assert bank.describe()["presets_hash"] == expected
     finally:
-        T._bundled_presets.cache_clear()
+        P.bundled_presets.cache_clear()
 
 
 def test_user_presets_file_changes_bank_and_hash(tmp_path):
@@ -240,7 +242,7 @@ def test_cache_round_trip(tmp_path):
     image = bank.get(4)
     path = bank.cache_dir / "000004.npy"
     assert path.is_file() and np.array_equal(np.load(path), image)
-    assert not list(bank.cache_dir.glob("*.tmp"))  # atomic writes leave no temporaries
+    assert not list(bank.cache_dir.glob(TEMPORARY_PREFIX + "*"))  # atomic writes leave no temporaries
     assert bank.get(4) is image  # the in-memory LRU
     assert not image.flags.writeable  # so callers cannot corrupt the cache
 
@@ -326,7 +328,7 @@ def test_folder_bank_round_trip_and_licences(tmp_path):
     assert (
         index["images"][1]["sha256"] == hashlib.sha256((folder / "b.png").read_bytes()).hexdigest()
     )
-    assert (cache / "index.json").is_file() and not list(cache.glob("*.tmp"))
+    assert (cache / "index.json").is_file() and not list(cache.glob(TEMPORARY_PREFIX + "*"))
 
     bank = TextureBank(TextureBankConfig(resolution=16), cache_dir=cache, folder=str(folder))
     assert len(bank) == 4
