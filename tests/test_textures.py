@@ -18,6 +18,7 @@ from zeroverse.scene.textures import generators as G
 from zeroverse.scene.textures import presets as P
 from zeroverse.scene.textures import (
     DEFAULT_BANK_SIZE,
+    BankDescription,
     KINDS,
     PROCEDURAL_LICENCE,
     UNKNOWN_LICENCE,
@@ -381,6 +382,32 @@ def test_folder_bank_errors(tmp_path):
     prepare_folder_bank(str(folder), str(cache), resolution=16)
     with pytest.raises(ValueError, match="holds 16 px textures but the config asks for 32"):
         TextureBank(TextureBankConfig(resolution=32), cache_dir=cache, folder=str(folder))
+
+
+# --- a recorded description, read back ---------------------------------------------------------
+
+
+def test_description_reopens_the_bank_it_describes(tmp_path):
+    procedural = TextureBank(TextureBankConfig(seed=4, size=40, resolution=16), cache_dir=tmp_path / "p")
+    folder, cache = tmp_path / "photos", tmp_path / "cache"
+    _make_folder(folder)
+    prepare_folder_bank(str(folder), str(cache), resolution=16)
+    from_folder = TextureBank(TextureBankConfig(resolution=16), cache_dir=cache, folder=str(folder))
+    for bank, cache_dir in ((procedural, tmp_path / "p"), (from_folder, cache)):
+        recorded = json.loads(json.dumps(bank.describe()))  # as a manifest stores it
+        again = BankDescription.from_json(recorded).open(cache_dir)
+        assert again.describe() == bank.describe()
+        assert again.get(3).tobytes() == bank.get(3).tobytes()
+
+
+def test_description_defaults_and_errors():
+    assert BankDescription.from_json(None) == BankDescription()
+    assert BankDescription.from_json({}, default_size=64).size == 64
+    assert BankDescription.from_json({"size": 10}, default_size=64).size == 10
+    with pytest.raises(ValueError, match="unknown texture bank kind 'photos'"):
+        BankDescription.from_json({"kind": "photos"})
+    with pytest.raises(ValueError, match="not its folder"):
+        BankDescription.from_json({"kind": "folder"})
 
 
 # --- purity: no PIL in the core ----------------------------------------------------------------
