@@ -113,7 +113,9 @@ def shapes_dir(root: str | Path) -> Path:
     return root / "shapes"
 
 
-def _load_manifest(directory: Path, kind: str) -> Manifest:
+def require_manifest(directory: Path, kind: str) -> Manifest:
+    """The manifest of `directory` (`kind`: 'shapes' or 'views', for the message); ValueError
+    naming the fix when there is none."""
     manifest = Manifest.load(directory)
     if manifest is None:
         raise ValueError(f"{directory} has no manifest.json: no {kind} there (check --root, or run `zeroverse generate` first)")
@@ -134,7 +136,7 @@ def load_shape(root: str | Path, shape_id: int) -> ShapeRecord:
     """The shape `shape_id` of the root's shape shards. ValueError names the available ids (and
     the failure reason when the shape failed to build)."""
     directory = shapes_dir(root)
-    manifest = _load_manifest(directory, "shapes")
+    manifest = require_manifest(directory, "shapes")
     ids = manifest.shape_ids()
     if shape_id not in set(ids):
         failed = [f for f in manifest.failures if f.get("shape_id") == shape_id]
@@ -156,7 +158,7 @@ def iter_shape_records(root: str | Path, shape_ids: list[int] | None = None) -> 
     import pyarrow.parquet as pq
 
     directory = shapes_dir(root)
-    manifest = _load_manifest(directory, "shapes")
+    manifest = require_manifest(directory, "shapes")
     wanted = None if shape_ids is None else {int(i) for i in shape_ids}
     for shard in sorted(manifest.shards, key=lambda s: s["first"]):
         if wanted is not None and not wanted.intersection(shard["shape_ids"]):
@@ -185,7 +187,7 @@ def texture_bank_for_root(root: str | Path, cache_dir: str | Path | None = None)
     """
     from zeroverse.scene.textures import BankDescription
 
-    manifest = _load_manifest(shapes_dir(root), "shapes")
+    manifest = require_manifest(shapes_dir(root), "shapes")
     recipe_size = (manifest.config.get("recipe") or {}).get("texture_bank_size")
     description = BankDescription.from_json(manifest.config.get("textures"), default_size=recipe_size)
     if description.kind == "folder" and cache_dir is None:
