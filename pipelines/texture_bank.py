@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from zeroverse.store.fs import Location, is_uri
-from zeroverse.scene.textures import DEFAULT_TEXTURE_SIZE, TextureBank, TextureBankConfig, prepare_folder_bank
+from zeroverse.scene.textures import DEFAULT_TEXTURE_SIZE, BankDescription, TextureBank, TextureBankConfig, prepare_folder_bank
 
 FOLDER_CACHE = Path("textures") / "folder"
 
@@ -40,18 +40,9 @@ def prepare_bank(root: Location, folder: str | None, size: int, resolution: int 
 
 def open_bank(description: dict[str, Any], root: Location) -> TextureBank:
     """Worker side: the bank that `description` (TextureBank.describe()) names."""
-    kind = description.get("kind", "procedural")
-    if kind == "procedural":
-        config = TextureBankConfig(
-            seed=description.get("seed", 0),
-            size=description.get("size", 1024),
-            resolution=description.get("resolution", DEFAULT_TEXTURE_SIZE),
-        )
-        return TextureBank(config, cache_dir=_cache_root(root))
-    if kind == "folder":
+    bank = BankDescription.from_json(description)
+    if bank.kind == "folder":
         if is_uri(root):
             raise ValueError(f"a folder texture bank needs a local or POSIX --root, not {root}")
-        return TextureBank(
-            TextureBankConfig(resolution=description["resolution"]), cache_dir=Path(root) / FOLDER_CACHE, folder=description["folder"]
-        )
-    raise ValueError(f"unknown texture bank kind {kind!r} in the shapes manifest")
+        return bank.open(Path(root) / FOLDER_CACHE)
+    return bank.open(_cache_root(root))

@@ -43,6 +43,18 @@ def small_root(tmp_path_factory, ray_local) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def four_shapes_root(tmp_path_factory, ray_local) -> Path:
+    """Four shapes (seed 0) in two shards, no views, built by the real pipeline (Ray + Blender),
+    ~10 s (READ-ONLY)."""
+    from pipelines.generate import GenerateConfig, run_generate
+
+    root = tmp_path_factory.mktemp("four_shapes_root")
+    result = run_generate(GenerateConfig(root=root, n=4, seed=0, shard_size=2), workers=2, progress=False)
+    assert result.shapes == 4, result.failures
+    return root
+
+
 def copy_root(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst

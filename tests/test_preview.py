@@ -218,27 +218,11 @@ def test_sheet_errors(tmp_path):
 # --- shape contact sheet of a real generated root ----------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def real_root(tmp_path_factory) -> Path:
-    """Four shapes in two shards, built by the real pipeline (Ray + Blender), ~10 s."""
-    import ray
-
-    from pipelines.generate import GenerateConfig, run_generate
-
-    started_ray = not ray.is_initialized()
-    root = tmp_path_factory.mktemp("preview_root")
-    result = run_generate(GenerateConfig(root=root, n=4, seed=0, shard_size=2), workers=2, progress=False)
-    assert result.shapes == 4, result.failures
-    yield root
-    if started_ray:
-        ray.shutdown()
-
-
 @pytest.mark.ray
 @pytest.mark.blender
-def test_contact_sheet_of_a_real_root(real_root, tmp_path):
+def test_contact_sheet_of_a_real_root(four_shapes_root, tmp_path):
     size, gap = 64, 2
-    result = contact_sheet(real_root, tmp_path / "sheet.png", columns=3, size=size)
+    result = contact_sheet(four_shapes_root, tmp_path / "sheet.png", columns=3, size=size)
     assert result.shapes == [0, 1, 2, 3]
     sheet = np.asarray(Image.open(tmp_path / "sheet.png").convert("RGB"))
     assert sheet.shape == (TITLE_HEIGHT + 2 * size + 3 * gap, 3 * size + 4 * gap, 3)

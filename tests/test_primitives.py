@@ -90,12 +90,12 @@ def test_wireframe_polygons_drop_collapsed_corners():
 @pytest.mark.parametrize("kind", sorted(REGIONS_PER_KIND))
 def test_boolean_cutters_are_centred_on_the_target_surface(kind):
     """The cutter centre must lie on the unit primitive's boundary, or the cut may miss."""
-    from zeroverse.scene.recipe import _surface_point
+    from zeroverse.scene.recipe import surface_point
 
     rng = np.random.default_rng(0)
     ring = 1 / (1 + TUBE)
     for _ in range(200):
-        p = _surface_point(kind, rng.normal(size=3), TUBE)
+        p = surface_point(kind, rng.normal(size=3), TUBE)
         rho, z = math.hypot(p[0], p[1]), p[2]
         residual = {
             "ellipsoid": np.linalg.norm(p) - 1,

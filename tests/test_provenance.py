@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 import zeroverse
-import zeroverse.scene.textures as T
+import zeroverse.scene.textures.presets as P
+from zeroverse.scene.textures import KINDS
 from zeroverse.store.manifest import Manifest, open_manifest
 from zeroverse.store.shards import file_metadata
 
@@ -27,11 +28,11 @@ def presets_at(monkeypatch):
     def install(path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(REPO / "textures" / "presets.toml", path)
-        monkeypatch.setattr(T, "_BUNDLED_PRESETS", path)
-        T._bundled_presets.cache_clear()
+        monkeypatch.setattr(P, "BUNDLED_PRESETS", path)
+        P.bundled_presets.cache_clear()
 
     yield install
-    T._bundled_presets.cache_clear()
+    P.bundled_presets.cache_clear()
 
 
 def _identity(root: Path) -> dict:
@@ -73,8 +74,8 @@ def test_other_presets_content_is_still_another_config(tmp_path, presets_at):
     open_manifest(root / "shapes", "shapes", 3, _identity(root)).save(root / "shapes")
     other = tmp_path / "b" / "presets.toml"
     presets_at(other)
-    other.write_text("[weights]\n" + "".join(f"{k} = {float(k == 'stripes')}\n" for k in T.KINDS))  # stripes only
-    T._bundled_presets.cache_clear()
+    other.write_text("[weights]\n" + "".join(f"{k} = {float(k == 'stripes')}\n" for k in KINDS))  # stripes only
+    P.bundled_presets.cache_clear()
     with pytest.raises(ValueError, match="textures.presets_hash: root has"):
         open_manifest(root / "shapes", "shapes", 3, _identity(root))
 

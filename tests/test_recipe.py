@@ -23,16 +23,24 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_pure_modules_import_without_bpy_ray_torch_pil():
+    # Every module of the pure floor, the texture package's modules included, one by one.
     code = (
-        "import sys\n"
+        "import sys, importlib, pkgutil\n"
         "for name in ('bpy', 'ray', 'torch', 'PIL', 'pyarrow', 'trimesh'):\n"
         "    sys.modules[name] = None  # any import of them now raises ImportError\n"
-        "import zeroverse, zeroverse.scene.recipe, zeroverse.scene.primitives, zeroverse.scene.cameras, zeroverse.scene.textures, zeroverse.scene.imageio\n"
+        "import zeroverse, zeroverse.scene\n"
+        "names = [m.name for m in pkgutil.walk_packages(zeroverse.scene.__path__, 'zeroverse.scene.')]\n"
+        "for name in names:\n"
+        "    importlib.import_module(name)\n"
         "from zeroverse.scene.recipe import RecipeConfig, sample_recipe\n"
         "print(len(sample_recipe(RecipeConfig(), 0, 0).primitives) >= 1)\n"
+        "print(' '.join(names))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "True"
+    ok, names = out.stdout.strip().splitlines()
+    assert ok == "True"
+    for name in ("recipe", "primitives", "cameras", "imageio", "textures", "textures.bank", "textures.generators"):
+        assert f"zeroverse.scene.{name}" in names.split()
 
 
 def test_same_seed_same_recipe_and_json_round_trip():

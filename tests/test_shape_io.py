@@ -7,7 +7,6 @@ the tests marked ray + blender export shapes of one real generated root (made on
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -221,30 +220,14 @@ def test_export_errors(tmp_path):
 # --- a real generated root ---------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def real_root(tmp_path_factory) -> Path:
-    """Four shapes in two shards, built by the real pipeline (Ray + Blender), ~10 s."""
-    import ray
-
-    from pipelines.generate import GenerateConfig, run_generate
-
-    started_ray = not ray.is_initialized()
-    root = tmp_path_factory.mktemp("shape_io_root")
-    result = run_generate(GenerateConfig(root=root, n=4, seed=0, shard_size=2), workers=2, progress=False)
-    assert result.shapes == 4, result.failures
-    yield root
-    if started_ray:
-        ray.shutdown()
-
-
 @pytest.mark.ray
 @pytest.mark.blender
 @pytest.mark.parametrize("fmt", EXPORT_FORMATS)
-def test_real_shape_exports_and_loads(real_root, tmp_path, fmt):
+def test_real_shape_exports_and_loads(four_shapes_root, tmp_path, fmt):
     import trimesh
 
-    rec = load_shape(real_root, 1)
-    bank = texture_bank_for_root(real_root, cache_dir=tmp_path / "cache")
+    rec = load_shape(four_shapes_root, 1)
+    bank = texture_bank_for_root(four_shapes_root, cache_dir=tmp_path / "cache")
     result = export_shape(rec, tmp_path / f"shape1.{fmt}", fmt, bank)
     assert all(p.is_file() and p.stat().st_size > 0 for p in result.files)
     mesh = trimesh.load(result.files[0], force="mesh", process=False)
@@ -261,10 +244,10 @@ def test_real_shape_exports_and_loads(real_root, tmp_path, fmt):
 
 @pytest.mark.ray
 @pytest.mark.blender
-def test_unknown_shape_id_names_the_available_range(real_root):
+def test_unknown_shape_id_names_the_available_range(four_shapes_root):
     with pytest.raises(ValueError, match=r"shape id 99 .*0\.\.3 \(4 shapes\)"):
-        load_shape(real_root, 99)
-    assert load_shape(real_root, 3).shape_id == 3
+        load_shape(four_shapes_root, 99)
+    assert load_shape(four_shapes_root, 3).shape_id == 3
 
 
 def test_texture_bank_for_root_follows_the_recorded_bank(tmp_path):

@@ -13,9 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from zeroverse.scene import textures as T
+from zeroverse.scene.files import TEMPORARY_PREFIX
+from zeroverse.scene.textures import generators as G
+from zeroverse.scene.textures import presets as P
 from zeroverse.scene.textures import (
     DEFAULT_BANK_SIZE,
+    BankDescription,
     KINDS,
     PROCEDURAL_LICENCE,
     UNKNOWN_LICENCE,
@@ -80,7 +83,7 @@ def test_seeds_give_different_banks():
 
 
 def test_every_kind_has_a_generator_and_a_weight():
-    assert tuple(T._GENERATORS) == KINDS == tuple(load_presets()["weights"])
+    assert tuple(G.GENERATORS) == KINDS == tuple(load_presets()["weights"])
 
 
 def test_every_kind_appears_in_the_default_bank():
@@ -150,20 +153,20 @@ def test_textures_tile_without_visible_seams(small_bank):
 
 
 def test_bundled_presets_file_equals_builtin_defaults():
-    assert load_presets() == T._DEFAULT_PRESETS
-    assert load_presets(REPO / "textures" / "presets.toml") == T._DEFAULT_PRESETS
+    assert load_presets() == P.DEFAULT_PRESETS
+    assert load_presets(REPO / "textures" / "presets.toml") == P.DEFAULT_PRESETS
 
 
 def test_missing_bundled_presets_fall_back_to_builtin_defaults(tmp_path, monkeypatch):
     expected = TextureBank(TextureBankConfig(), cache_dir=tmp_path).describe()["presets_hash"]
-    monkeypatch.setattr(T, "_BUNDLED_PRESETS", tmp_path / "not-shipped.toml")
-    T._bundled_presets.cache_clear()
+    monkeypatch.setattr(P, "BUNDLED_PRESETS", tmp_path / "not-shipped.toml")
+    P.bundled_presets.cache_clear()
     try:
         bank = TextureBank(TextureBankConfig(), cache_dir=tmp_path)
         assert bank.presets_source == "built-in defaults"
         assert bank.describe()["presets_hash"] == expected
     finally:
-        T._bundled_presets.cache_clear()
+        P.bundled_presets.cache_clear()
 
 
 def test_user_presets_file_changes_bank_and_hash(tmp_path):
@@ -240,7 +243,7 @@ def test_cache_round_trip(tmp_path):
     image = bank.get(4)
     path = bank.cache_dir / "000004.npy"
     assert path.is_file() and np.array_equal(np.load(path), image)
-    assert not list(bank.cache_dir.glob("*.tmp"))  # atomic writes leave no temporaries
+    assert not list(bank.cache_dir.glob(TEMPORARY_PREFIX + "*"))  # atomic writes leave no temporaries
     assert bank.get(4) is image  # the in-memory LRU
     assert not image.flags.writeable  # so callers cannot corrupt the cache
 
@@ -326,7 +329,7 @@ def test_folder_bank_round_trip_and_licences(tmp_path):
     assert (
         index["images"][1]["sha256"] == hashlib.sha256((folder / "b.png").read_bytes()).hexdigest()
     )
-    assert (cache / "index.json").is_file() and not list(cache.glob("*.tmp"))
+    assert (cache / "index.json").is_file() and not list(cache.glob(TEMPORARY_PREFIX + "*"))
 
     bank = TextureBank(TextureBankConfig(resolution=16), cache_dir=cache, folder=str(folder))
     assert len(bank) == 4
@@ -379,6 +382,32 @@ def test_folder_bank_errors(tmp_path):
     prepare_folder_bank(str(folder), str(cache), resolution=16)
     with pytest.raises(ValueError, match="holds 16 px textures but the config asks for 32"):
         TextureBank(TextureBankConfig(resolution=32), cache_dir=cache, folder=str(folder))
+
+
+# --- a recorded description, read back ---------------------------------------------------------
+
+
+def test_description_reopens_the_bank_it_describes(tmp_path):
+    procedural = TextureBank(TextureBankConfig(seed=4, size=40, resolution=16), cache_dir=tmp_path / "p")
+    folder, cache = tmp_path / "photos", tmp_path / "cache"
+    _make_folder(folder)
+    prepare_folder_bank(str(folder), str(cache), resolution=16)
+    from_folder = TextureBank(TextureBankConfig(resolution=16), cache_dir=cache, folder=str(folder))
+    for bank, cache_dir in ((procedural, tmp_path / "p"), (from_folder, cache)):
+        recorded = json.loads(json.dumps(bank.describe()))  # as a manifest stores it
+        again = BankDescription.from_json(recorded).open(cache_dir)
+        assert again.describe() == bank.describe()
+        assert again.get(3).tobytes() == bank.get(3).tobytes()
+
+
+def test_description_defaults_and_errors():
+    assert BankDescription.from_json(None) == BankDescription()
+    assert BankDescription.from_json({}, default_size=64).size == 64
+    assert BankDescription.from_json({"size": 10}, default_size=64).size == 10
+    with pytest.raises(ValueError, match="unknown texture bank kind 'photos'"):
+        BankDescription.from_json({"kind": "photos"})
+    with pytest.raises(ValueError, match="not its folder"):
+        BankDescription.from_json({"kind": "folder"})
 
 
 # --- purity: no PIL in the core ----------------------------------------------------------------

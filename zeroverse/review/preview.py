@@ -30,7 +30,7 @@ from PIL import Image, ImageDraw, ImageFont
 from zeroverse.store.shape_io import (
     TextureSource,
     ShapeRecord,
-    _load_manifest,
+    require_manifest,
     corner_normals,
     describe_ids,
     iter_shape_records,
@@ -295,7 +295,7 @@ def contact_sheet(
         raise ValueError(f"max_shapes ({max_shapes}) and columns ({columns}) must be >= 1")
     started = time.perf_counter()
     directory = shapes_dir(root)
-    manifest = _load_manifest(directory, "shapes")
+    manifest = require_manifest(directory, "shapes")
     ids = manifest.shape_ids()
     if not ids:
         raise ValueError(f"{directory} lists no shapes (failures: {len(manifest.failures)})")
@@ -420,7 +420,7 @@ def views_contact_sheet(
         raise ValueError(f"max_shapes ({max_shapes}) and max_views ({max_views}) must be >= 1")
     started = time.perf_counter()
     directory = Path(root) / "views"
-    manifest = _load_manifest(directory, "views")
+    manifest = require_manifest(directory, "views")
     groups = list(_view_rows(directory, manifest, max_shapes, max_views))
     if not groups:
         raise ValueError(f"{directory} lists no views (failures: {len(manifest.failures)})")

@@ -378,7 +378,7 @@ def sample_recipe(cfg: RecipeConfig, seed: int, shape_id: int) -> ShapeRecipe:
         semi = tuple(float(size * s) for s in rng.uniform(0.6, 1.4, size=3))
         # Centre the cutter on the target's surface so that it really cuts: a point on the unit
         # primitive's boundary along a random direction, carried into the target's frame.
-        local = _surface_point(tgt.kind, rng.normal(size=3), tgt.tube_ratio)
+        local = surface_point(tgt.kind, rng.normal(size=3), tgt.tube_ratio)
         world = _rotate(tgt.rotation, local * np.asarray(tgt.semi_axes)) + np.asarray(tgt.translation)
         cutter = dataclasses.replace(cutter, semi_axes=semi, translation=tuple(float(x) for x in world))
         boolean = BooleanCut(target=target, cutter=cutter)
@@ -419,7 +419,7 @@ def quaternion_matrix(q: tuple[float, float, float, float]) -> np.ndarray:
     )
 
 
-def _surface_point(kind: str, direction: np.ndarray, tube_ratio: float) -> np.ndarray:
+def surface_point(kind: str, direction: np.ndarray, tube_ratio: float) -> np.ndarray:
     """A point on the boundary of the unit primitive (before scaling) along `direction`."""
     d = direction / max(np.linalg.norm(direction), 1e-12)
     if kind == "ellipsoid":

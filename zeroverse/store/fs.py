@@ -16,13 +16,14 @@ import contextlib
 import functools
 import hashlib
 import os
-import uuid
 from pathlib import Path
 from typing import Any, Union
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+
+from zeroverse.scene.files import TEMPORARY_PREFIX, temporary_name, write_atomically
 
 
 Location = Union[Path, str]  # a local path, or a URI string with a scheme ("s3://bucket/zv/shapes")
@@ -158,44 +159,21 @@ def sha256_file(location: Location) -> str:
     return digest.hexdigest()
 
 
-def fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # not every filesystem lets a directory be opened
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _temp_name(location: Location) -> Location:
-    name = name_of(location)
-    tmp = f".tmp-{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    if is_uri(location):
-        return str(location).rstrip("/")[: -len(name)] + tmp
-    return Path(location).with_name(tmp)
-
-
 def put_atomically(location: Location, data: bytes | pa.Buffer) -> None:
     """Makes `location` hold `data`, all or nothing: written under a temporary name, then moved
-    into place (local: fsync + rename; object stores: one server-side copy, then the temporary
-    is deleted). The temporary is deleted if anything fails."""
+    into place (local: zeroverse.scene.files.write_atomically, fsync + rename; object stores:
+    one server-side copy, then the temporary is deleted). The temporary is deleted if anything
+    fails."""
     fs, path = resolve(location)
-    tmp = _temp_name(location)
-    _, tmp_path = resolve(tmp)
-    local = isinstance(fs, pafs.LocalFileSystem)
+    if isinstance(fs, pafs.LocalFileSystem):
+        write_atomically(path, data)
+        return
+    name = name_of(location)
+    _, tmp_path = resolve(str(location).rstrip("/")[: -len(name)] + temporary_name(name))
     try:
-        if local:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp_path, "wb") as f:
-                f.write(memoryview(data))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp_path, path)
-            fsync_dir(Path(path).parent)
-        else:
-            with fs.open_output_stream(tmp_path) as out:
-                out.write(data)
-            fs.move(tmp_path, path)
+        with fs.open_output_stream(tmp_path) as out:
+            out.write(data)
+        fs.move(tmp_path, path)
     except BaseException:
         with contextlib.suppress(Exception):
             fs.delete_file(tmp_path)
@@ -208,7 +186,7 @@ def atomic_write_text(path: Location, text: str) -> None:
 
 def remove_temporaries(directory: Location) -> int:
     """Deletes leftovers of interrupted writes (never listed in a manifest)."""
-    names = [name for name in list_files(directory) if name.startswith(".tmp-")]
+    names = [name for name in list_files(directory) if name.startswith(TEMPORARY_PREFIX)]
     for name in names:
         delete(join(directory, name))
     return len(names)

@@ -14,7 +14,8 @@ from typing import Any
 
 from zeroverse import code_version
 from zeroverse.scene.conventions import SCHEMA_VERSION
-from zeroverse.store.fs import Location, fsync_dir, atomic_write_text, file_size, is_local, join, read_bytes, resolve, sha256_file
+from zeroverse.scene.files import fsync_dir
+from zeroverse.store.fs import Location, atomic_write_text, file_size, is_local, join, read_bytes, resolve, sha256_file
 from zeroverse.store.shards import KINDS, MANIFEST_NAME, SHARD_FILE, shard_name, shard_path
 
 class ManifestSaveError(OSError):

@@ -113,7 +113,9 @@ def shapes_dir(root: str | Path) -> Path:
     return root / "shapes"
 
 
-def _load_manifest(directory: Path, kind: str) -> Manifest:
+def require_manifest(directory: Path, kind: str) -> Manifest:
+    """The manifest of `directory` (`kind`: 'shapes' or 'views', for the message); ValueError
+    naming the fix when there is none."""
     manifest = Manifest.load(directory)
     if manifest is None:
         raise ValueError(f"{directory} has no manifest.json: no {kind} there (check --root, or run `zeroverse generate` first)")
@@ -134,7 +136,7 @@ def load_shape(root: str | Path, shape_id: int) -> ShapeRecord:
     """The shape `shape_id` of the root's shape shards. ValueError names the available ids (and
     the failure reason when the shape failed to build)."""
     directory = shapes_dir(root)
-    manifest = _load_manifest(directory, "shapes")
+    manifest = require_manifest(directory, "shapes")
     ids = manifest.shape_ids()
     if shape_id not in set(ids):
         failed = [f for f in manifest.failures if f.get("shape_id") == shape_id]
@@ -156,7 +158,7 @@ def iter_shape_records(root: str | Path, shape_ids: list[int] | None = None) -> 
     import pyarrow.parquet as pq
 
     directory = shapes_dir(root)
-    manifest = _load_manifest(directory, "shapes")
+    manifest = require_manifest(directory, "shapes")
     wanted = None if shape_ids is None else {int(i) for i in shape_ids}
     for shard in sorted(manifest.shards, key=lambda s: s["first"]):
         if wanted is not None and not wanted.intersection(shard["shape_ids"]):
@@ -183,32 +185,22 @@ def texture_bank_for_root(root: str | Path, cache_dir: str | Path | None = None)
     recorded none gets the default procedural bank, sized by the recipe's texture_bank_size. A
     folder bank needs the `cache_dir` that prepare_folder_bank wrote.
     """
-    from zeroverse.scene.textures import TextureBank, TextureBankConfig
+    from zeroverse.scene.textures import BankDescription
 
-    manifest = _load_manifest(shapes_dir(root), "shapes")
-    desc = dict(manifest.config.get("textures") or {})
+    manifest = require_manifest(shapes_dir(root), "shapes")
     recipe_size = (manifest.config.get("recipe") or {}).get("texture_bank_size")
-    size = int(desc.get("size") or recipe_size or TextureBankConfig().size)
-    seed = int(desc.get("seed") or 0)
-    resolution = int(desc.get("resolution") or TextureBankConfig().resolution)
-    if desc.get("kind") == "folder":
-        if cache_dir is None:
-            raise ValueError(
-                f"{root} was made with the texture folder {desc.get('folder')!r}: pass the cache_dir "
-                "that zeroverse.scene.textures.prepare_folder_bank wrote for it"
-            )
-        return TextureBank(TextureBankConfig(seed=seed, size=size, resolution=resolution), cache_dir=cache_dir, folder=desc["folder"])
-    # A presets file recorded by an older version is used when it exists here; otherwise the
-    # bundled presets, and the hash check below says whether they match the root's.
-    presets = desc.get("presets_source")
-    if presets is None or not Path(presets).is_file():
-        presets = None
-    bank = TextureBank(TextureBankConfig(seed=seed, size=size, resolution=resolution, presets=presets), cache_dir=cache_dir)
-    recorded = desc.get("presets_hash")
-    if recorded and bank.describe().get("presets_hash") != recorded:
+    description = BankDescription.from_json(manifest.config.get("textures"), default_size=recipe_size)
+    if description.kind == "folder" and cache_dir is None:
+        raise ValueError(
+            f"{root} was made with the texture folder {description.folder!r}: pass the cache_dir "
+            "that zeroverse.scene.textures.prepare_folder_bank wrote for it"
+        )
+    bank = description.open(cache_dir)
+    used = bank.describe().get("presets_hash")
+    if description.presets_hash and used != description.presets_hash:
         warnings.warn(
-            f"{root} was generated with texture presets {recorded}, this bank uses "
-            f"{bank.describe().get('presets_hash')}: textures will differ from the rendered views",
+            f"{root} was generated with texture presets {description.presets_hash}, this bank uses "
+            f"{used}: textures will differ from the rendered views",
             stacklevel=2,
         )
     return bank
