@@ -47,6 +47,7 @@ VARIANTS: dict[str, dict] = {
     "same_shape": {"scene:same_shape": True},
     "world_probe_128": {"world.probe_resolution": "128"},
     "shadow_pool_16": {"eevee.shadow_pool_size": "16"},
+    "no_post": {"render.use_compositing": False, "render.use_sequencer": False},
 }
 
 
