@@ -109,7 +109,7 @@ def worker(rank: int, device: int | None, args: dict, barrier, results) -> None:
     import bpy
     import numpy as np
 
-    from blender_scripts.render_views import BlenderRenderer, quiet_stdout
+    from blender_scripts.render_views import BlenderRenderer
     from pipelines.texture_bank import open_bank
     from zeroverse.scene.render_timing import StageClock
     from zeroverse.scene.cameras import RigConfig, make_cameras, rig_rng
@@ -140,21 +140,12 @@ def worker(rank: int, device: int | None, args: dict, barrier, results) -> None:
     baseline: dict[tuple[int, int], np.ndarray] = {}
 
     def render_one(cameras, v, clock, keep: bool):
-        with quiet_stdout():
-            renderer._place_camera(cameras.c2w[v], cameras.intrinsics[v], cameras.projections[v])
-            with clock("render"):
-                bpy.ops.render.render(write_still=False)
-            with clock("pass_write"):
-                bpy.data.images["Render Result"].save_render(renderer._exr, scene=bpy.context.scene)
-        with clock("pass_read"):
-            from zeroverse.scene.imageio import read_exr_channels
-
-            channels = read_exr_channels(renderer._exr)
+        channels = renderer.render_view(cameras.c2w[v], cameras.intrinsics[v], cameras.projections[v], clock)
         return rgba_of(channels) if keep else None
 
     def add(sid, mesh, textures, cameras, one_material):
         renderer.clear_shape()
-        obj = renderer._add_shape(mesh, textures, StageClock())
+        obj = renderer.add_shape(mesh, textures, StageClock())
         if one_material:
             obj.data.materials.clear()
             obj.data.materials.append(plain)

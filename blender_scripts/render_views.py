@@ -220,7 +220,7 @@ class BlenderRenderer:
             bpy.data.images.remove(old_image, do_unlink=True)
         return mat
 
-    def _add_shape(self, mesh: MeshArrays, region_textures: np.ndarray, clock: StageClock) -> bpy.types.Object:
+    def add_shape(self, mesh: MeshArrays, region_textures: np.ndarray, clock: StageClock) -> bpy.types.Object:
         with clock("scene"):
             obj = new_triangle_object(SHAPE_PREFIX, mesh.vertices, mesh.faces, mesh.uvs, mesh.regions)
             data = obj.data
@@ -242,7 +242,7 @@ class BlenderRenderer:
             bpy.data.meshes.remove(mesh, do_unlink=True)
         bpy.data.orphans_purge(do_local_ids=True, do_recursive=True)
 
-    def _place_camera(self, c2w: np.ndarray, intrinsics: np.ndarray, projection: str) -> None:
+    def place_camera(self, c2w: np.ndarray, intrinsics: np.ndarray, projection: str) -> None:
         from mathutils import Matrix
 
         w, h = self.settings.resolution, self.settings.resolution
@@ -264,6 +264,25 @@ class BlenderRenderer:
         self._camera.data.clip_start = near
         self._camera.data.clip_end = far
 
+    @property
+    def exr_path(self) -> str:
+        """Where the last view's passes were written (a multilayer EXR on scratch)."""
+        return self._exr
+
+    def render_view(self, c2w: np.ndarray, intrinsics: np.ndarray, projection: str, clock: StageClock) -> dict[str, np.ndarray]:
+        """One view of the scene as it stands: its raw passes (EXR channel name -> float32 [H, W])."""
+        with clock("scene"):
+            self.place_camera(c2w, intrinsics, projection)
+        with quiet_stdout():
+            # Render, then write the passes as a second step (same file as write_still=True) so
+            # that the two are timed apart.
+            with clock("render"):
+                bpy.ops.render.render(write_still=False)
+            with clock("pass_write"):
+                bpy.data.images["Render Result"].save_render(self._exr, scene=bpy.context.scene)
+        with clock("pass_read"):
+            return read_exr_channels(self._exr)
+
     def render_passes(self, mesh: MeshArrays, region_textures: np.ndarray, cameras: CameraSet, clock: StageClock | None = None) -> Iterator[dict[str, np.ndarray]]:
         """Renders every camera of `cameras`, yielding each view's raw passes (EXR channel name ->
         float32 [H, W]) as soon as it is read back, so that a caller can convert and encode view k
@@ -277,22 +296,11 @@ class BlenderRenderer:
         clock = StageClock() if clock is None else clock
         with clock("scene"):
             self.clear_shape()
-        self._add_shape(mesh, region_textures, clock)
+        self.add_shape(mesh, region_textures, clock)
         self.set_clip(cameras.near, cameras.far)
         try:
             for c2w, intr, projection in zip(cameras.c2w, cameras.intrinsics, cameras.projections):
-                with clock("scene"):
-                    self._place_camera(c2w, intr, projection)
-                with quiet_stdout():
-                    # Render, then write the passes as a second step (same file as write_still=True)
-                    # so that the two are timed apart.
-                    with clock("render"):
-                        bpy.ops.render.render(write_still=False)
-                    with clock("pass_write"):
-                        bpy.data.images["Render Result"].save_render(self._exr, scene=bpy.context.scene)
-                with clock("pass_read"):
-                    channels = read_exr_channels(self._exr)
-                yield channels
+                yield self.render_view(c2w, intr, projection, clock)
         finally:
             with clock("scene"):
                 self.clear_shape()

@@ -184,13 +184,13 @@ def test_fast_render_path_matches_the_reference_on_real_cycles_renders(tiny_root
             cameras = make_cameras(rig, rig_rng(shapes.seed, sid), settings.resolution, float(np.linalg.norm(mesh.vertices, axis=1).max()))
             renderer.set_light(*shape_light(settings, shapes.seed, sid))
             renderer.clear_shape()
-            renderer._add_shape(mesh, textures, StageClock())
+            renderer.add_shape(mesh, textures, StageClock())
             renderer.set_clip(cameras.near, cameras.far)
             for v in range(len(cameras.c2w)):
-                renderer._place_camera(cameras.c2w[v], cameras.intrinsics[v], cameras.projections[v])
+                renderer.place_camera(cameras.c2w[v], cameras.intrinsics[v], cameras.projections[v])
                 with quiet_stdout():
                     bpy.ops.render.render(write_still=True)
-                view = reference_passes_to_view(reference_read_exr(renderer._exr))
+                view = reference_passes_to_view(reference_read_exr(renderer.exr_path))
                 png = Image.open(io.BytesIO(encode_png(view.rgba, 4)))
                 ref = {"rgba": np.asarray(png.convert("RGBA")), "depth": view.depth, "normal": view.normal.astype(np.float16).astype(np.float32)}
                 identical &= assert_within_tolerance(fast[(sid, v)], ref, f"shape {sid} view {v}")
@@ -222,8 +222,8 @@ def test_pass_conversion_is_the_reference_bit_for_bit_on_real_passes(tiny_root, 
             mesh, textures = shape_mesh(row)
             cameras = make_cameras(RigConfig(num_views=2), rig_rng(0, row["shape_id"]), 40, float(np.linalg.norm(mesh.vertices, axis=1).max()))
             for channels in renderer.render_passes(mesh, textures, cameras):
-                fast, ref = passes_to_view(channels), reference_passes_to_view(reference_read_exr(renderer._exr))
-                again = read_exr_channels(renderer._exr)
+                fast, ref = passes_to_view(channels), reference_passes_to_view(reference_read_exr(renderer.exr_path))
+                again = read_exr_channels(renderer.exr_path)
                 assert sorted(again) == sorted(channels)
                 np.testing.assert_array_equal(fast.rgba, ref.rgba)
                 np.testing.assert_array_equal(fast.depth, ref.depth)
