@@ -4,6 +4,7 @@ steps, shard names, manifests and bytes as on Ray; the executor supervises both 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import multiprocessing as mp
 import os
@@ -148,7 +149,8 @@ class ProcessBackend:
     def release(self, idle: list[int], others: list[int], timeout: float) -> None:
         for worker in idle:
             if worker in self.procs:
-                self.procs[worker][1].send(None)  # the worker closes its step (scratch) and exits
+                with contextlib.suppress(OSError):
+                    self.procs[worker][1].send(None)  # the worker closes its step (scratch) and exits
         for worker in idle:
             if worker in self.procs:
                 self.procs[worker][0].join(timeout)

@@ -12,7 +12,8 @@ from typing import Any, Callable
 import ray
 
 from pipelines.executor import StepRunner
-from pipelines.ray_runtime import init_ray, new_progress_counter, worker_options
+from pipelines import ray_runtime
+from pipelines.ray_runtime import new_progress_counter, worker_options
 from pipelines.tasks import StepResult, Task
 
 
@@ -51,7 +52,7 @@ class RayBackend:
                  cpus_per_worker: int = 1, gpus_per_worker: float = 0.0):  # fmt: skip
         # A local Ray needs `cpus_per_worker` CPUs per worker: with only `workers` CPUs, workers
         # beyond workers // cpus_per_worker would wait for CPUs that never free up.
-        init_ray(address, workers * max(1, cpus_per_worker) if workers else None)
+        ray_runtime.init_ray(address, workers * max(1, cpus_per_worker) if workers else None)
         self.stage, self.make_step, self.workers = stage, make_step, workers
         self.cpus, self.gpus = max(1, cpus_per_worker), gpus_per_worker
         self.counter = new_progress_counter()
