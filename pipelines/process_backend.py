@@ -9,6 +9,7 @@ import itertools
 import multiprocessing as mp
 import os
 import signal
+import sys
 from multiprocessing.connection import wait as wait_any
 from typing import Any, Callable
 
@@ -50,6 +51,22 @@ def _send(conn, message: tuple) -> None:
         conn.send((message[0], RuntimeError(f"{type(err).__name__}: {err}")))
 
 
+@contextlib.contextmanager
+def _without_blender_paths():
+    """A spawned process starts with this one's sys.path. Where bpy was imported here, that holds
+    Blender's script folders, whose `bpy` package (not the module) the worker would then import
+    ('No module named _bpy'): they are left out while a worker starts."""
+    if "bpy" not in sys.modules:
+        yield
+        return
+    saved = list(sys.path)
+    sys.path[:] = [p for p in saved if not ("scripts" in p and ("bpy" in p or "blender" in p))]
+    try:
+        yield
+    finally:
+        sys.path[:] = saved
+
+
 def _exit_reason(process) -> str:
     code = process.exitcode
     if code is not None and code < 0:
@@ -82,7 +99,8 @@ class ProcessBackend:
         device = pool_worker_device(rank, self.gpus, os.environ.get("CUDA_VISIBLE_DEVICES"))
         parent, child = self.ctx.Pipe()
         process = self.ctx.Process(target=_worker_main, args=(child, self.stage, self.make_step, device), daemon=True)
-        process.start()
+        with _without_blender_paths():
+            process.start()
         child.close()
         self.procs[rank] = (process, parent)
         return rank

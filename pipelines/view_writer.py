@@ -314,7 +314,6 @@ class ViewShardWriter:
         shutil.rmtree(self.scratch, ignore_errors=True)
 
 
-
 def _rss_gb() -> float:
     with contextlib.suppress(OSError, ValueError, IndexError):
         with open("/proc/self/statm") as f:
