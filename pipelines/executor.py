@@ -29,7 +29,7 @@ class Job:
     directory: Location  # the shard folder; its manifest is `manifest`
     manifest: Manifest
     tasks: list[Task]
-    make_step: Callable[[int | None], Any]  # device -> Step; picklable: it runs in the worker process
+    make_step: Callable[..., Any]  # make_step(device=...) -> Step; picklable: it runs in the worker process
     max_attempts: int
     shape_timeout_s: float
     startup_timeout_s: float = 900.0
@@ -309,17 +309,19 @@ def execute(job: Job, backend: Backend, progress: bool = True, desc: str | None 
     return out
 
 
-def make_backend(kind: str, stage: str, make_step: Callable, **options: Any) -> Backend:
-    """'ray' (options: address, workers, cpus_per_worker, gpus_per_worker) or 'processes'
-    (options: workers, gpus: device list spread round-robin)."""
+def make_backend(kind: str, stage: str, make_step: Callable, workers: int | None = None, address: str | None = None,
+                 cpus_per_worker: int = 1, gpus_per_worker: float = 0.0, gpus: list[int] | None = None) -> Backend:  # fmt: skip
+    """'ray': `workers` actors (default: the cluster's CPUs / `cpus_per_worker`) on a local Ray or
+    the cluster at `address`, `gpus_per_worker` each; 'processes': `workers` processes here
+    (default: one per core), spread round-robin over the devices `gpus`."""
     if kind == "ray":
         from pipelines.ray_backend import RayBackend
 
-        return RayBackend(stage, make_step, **options)
+        return RayBackend(stage, make_step, address, workers, cpus_per_worker, gpus_per_worker)
     if kind == "processes":
         from pipelines.process_backend import ProcessBackend
 
-        return ProcessBackend(stage, make_step, **options)
+        return ProcessBackend(stage, make_step, workers, gpus)
     raise ValueError(f"--backend {kind!r}: choose ray or processes")
 
 
@@ -335,7 +337,7 @@ class StepRunner:
         from pipelines.faults import fault_hook
 
         self.before_shape = fault_hook(stage)
-        self.step = make_step(device)
+        self.step = make_step(device=device)
 
     def run(self, task: Task, report: Callable[[int], None]) -> StepResult:
         add = throttled(report)

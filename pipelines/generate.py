@@ -210,9 +210,8 @@ def run_generate(
         return result
 
     make_step = functools.partial(ShapeShardStep, cfg)
-    options = {"address": address, "workers": workers} if backend == "ray" else {"workers": workers}
     # Before anything is created: a cluster that cannot be joined changes nothing.
-    runner = make_backend(backend, "generate", make_step, **options)
+    runner = make_backend(backend, "generate", make_step, workers, address)
     make_dirs(shapes_dir)
     job = Job(
         stage="generate", directory=shapes_dir, manifest=manifest, tasks=[Task(a, b, tuple(range(a, b + 1))) for a, b in todo],

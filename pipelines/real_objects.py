@@ -77,7 +77,7 @@ def render_real_objects(
 
 def run_real(folder: str | Path, root: str | Path, rig: RigConfig, settings: RenderSettings, limit: int | None = None,
              shapes_per_shard: int = 8, progress: bool = True, backend: str = "processes", **options: Any) -> dict[str, Any]:  # fmt: skip
-    """render_real_objects on any executor backend (`options`: that backend's, e.g. workers, gpus)."""
+    """render_real_objects on any executor backend (`options`: make_backend's; one worker by default)."""
     from pipelines.executor import Job, execute, make_backend
     from pipelines.render import RenderConfig, pending_shards, view_shard_plan, views_per_shape
     from pipelines.scratch import sweep
@@ -101,9 +101,9 @@ def run_real(folder: str | Path, root: str | Path, rig: RigConfig, settings: Ren
     written = 0
     if todo:
         make_step = functools.partial(ViewShardWriter, cfg, source=RealObjects(paths, identity))
-        options.setdefault("workers", 1)
         job = Job(stage="render", directory=views_dir, manifest=manifest, tasks=todo, make_step=make_step, max_attempts=cfg.max_attempts,
                   shape_timeout_s=cfg.shape_timeout_s, units_per_shape=views_per_shape(rig), unit="view", cleanup=sweep)  # fmt: skip
+        options["workers"] = options.get("workers") or 1  # objects are few: one Blender
         outcome = execute(job, make_backend(backend, "render", make_step, **options), progress, "render real objects")
         written = len(outcome.written)
         if outcome.failures:

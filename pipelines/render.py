@@ -261,18 +261,14 @@ def run_render(
         return entries, (Task(task.first, task.last, kept, task.attempt) if kept else None)
 
     make_step = functools.partial(ViewShardWriter, cfg, shapes)
-    threads = max(1, cfg.settings.threads)
-    if backend == "ray":
-        options = {"address": address, "workers": workers, "cpus_per_worker": threads, "gpus_per_worker": gpus_per_worker}
-    else:
-        options = {"workers": workers, "gpus": gpus}
+    runner = make_backend(backend, "render", make_step, workers, address, max(1, cfg.settings.threads), gpus_per_worker, gpus)
     job = Job(
         stage="render", directory=views_dir, manifest=views, tasks=todo, make_step=make_step, max_attempts=cfg.max_attempts,
         shape_timeout_s=cfg.shape_timeout_s, startup_timeout_s=cfg.startup_timeout_s, units_per_shape=views_per_shape(cfg.rig),
         unit="view", input_error=(CorruptShapeShard,), on_input_error=corrupt_input, cleanup=sweep,
     )  # fmt: skip
     # sweep: scratch of workers killed on this node earlier in the run (others: swept at the next worker start)
-    outcome = execute(job, make_backend(backend, "render", make_step, **options), progress, f"render ({cfg.settings.engine})", fault)
+    outcome = execute(job, runner, progress, f"render ({cfg.settings.engine})", fault)
     result.written, result.retries, result.stages = outcome.written, outcome.retries, outcome.stages
     result.failures += outcome.failures
     result.workers_started, result.steady_views_per_s = outcome.workers_started, outcome.steady_units_per_s

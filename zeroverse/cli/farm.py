@@ -153,9 +153,8 @@ def render(num_views, root, real_dir, rig, layout_views, targets_per_ring, resol
         cfg = dataclasses.replace(cfg, settings=settings)
         if gpus_per_worker is None:
             gpus_per_worker = 0.25 if resolved == "eevee" else 0.0
-        options = {"workers": workers, "gpus": devices} if backend == "processes" else {
-            "address": address, "workers": workers, "cpus_per_worker": threads, "gpus_per_worker": gpus_per_worker}  # fmt: skip
         if real_dir is not None:
+            options = {"workers": workers, "address": address, "cpus_per_worker": threads, "gpus_per_worker": gpus_per_worker, "gpus": devices}
             return _render_real(real_dir, root, rig_cfg, settings, limit, shapes_per_shard, progress, backend, options)
         result = run_render(cfg, address=address, workers=workers, gpus_per_worker=gpus_per_worker, progress=progress,
                             new_version=new_version, backend=backend, gpus=devices)  # fmt: skip
@@ -188,8 +187,6 @@ def _gpus_available(backend: str, address, workers, threads: int, devices) -> fl
 def _render_real(real_dir, root, rig, settings, limit, shapes_per_shard, progress, backend, options) -> None:
     from pipelines.real_objects import run_real
 
-    if options.get("workers") is None:
-        options = {**options, "workers": 1}  # objects are few: one Blender
     out = run_real(real_dir, root, rig, settings, limit=limit, shapes_per_shard=shapes_per_shard, progress=progress,
                    backend=backend, **options)  # fmt: skip
     click.echo(f"{out['objects']} real objects in {Path(root) / 'views'} ({out['shards_written']} shards written, {out['seconds']:.1f} s)")
