@@ -352,7 +352,7 @@ def test_view_shards_layout_and_metadata(small_root):
         path = small_root / "views" / shard["file"]
         meta = pq.ParquetFile(path)
         kv = meta.metadata.metadata
-        assert json.loads(kv[b"zeroverse.scene.conventions"])["camera"].startswith("OpenCV")
+        assert json.loads(kv[b"zeroverse.conventions"])["camera"].startswith("OpenCV")
         assert json.loads(kv[b"zeroverse.render"])["resolution"] == 64
         # Which device rendered it; on the CPU a constant, so shards stay byte-identical across runs.
         assert json.loads(kv[b"zeroverse.render_device"]) == {"index": None, "engine": "cycles", "device": "CPU", "binding": "none"}

@@ -93,7 +93,7 @@ def file_metadata(kind: str, config: dict[str, Any], seed: int, extra: dict[str,
     meta = {
         "zeroverse.kind": kind,
         "zeroverse.schema_version": str(SCHEMA_VERSION),
-        "zeroverse.scene.conventions": json.dumps(CONVENTIONS, sort_keys=True),
+        "zeroverse.conventions": json.dumps(CONVENTIONS, sort_keys=True),
         "zeroverse.config": json.dumps(config, sort_keys=True),
         "zeroverse.seed": str(seed),
         "zeroverse.code_version": code_version(),
