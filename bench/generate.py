@@ -46,7 +46,7 @@ def main() -> None:
         m = args.shard_shapes
         gen = GenerateConfig(root=Path(tmp), n=m, seed=args.seed, shard_size=m)
         w0 = time.perf_counter()
-        record = make_shape_shard(gen, 0, m - 1)
+        record = make_shape_shard(gen, 0, m - 1).record
         shard_s = time.perf_counter() - w0
     med_wall, med_cpu = statistics.median(wall), statistics.median(cpu)
     print(f"zeroverse generate benchmark: N={args.n} shapes, default recipe config, seed {args.seed}")
@@ -59,7 +59,7 @@ def main() -> None:
     print(f"{'mean vertices':<38}{np.mean(verts):>12.0f}")
     print(f"{'mean faces':<38}{np.mean(faces):>12.0f}")
     print(f"{f'{m}-shape shard incl. write (shapes/s)':<38}{m / shard_s:>12.1f}")
-    print(f"{'shard MB per shape':<38}{record['bytes'] / m / 1e6:>12.3f}")
+    print(f"{'shard MB per shape':<38}{record.bytes / m / 1e6:>12.3f}")
     print("augmentation rates: " + ", ".join(f"{k} {v / args.n:.2f}" for k, v in augs.items()))
 
 

@@ -73,8 +73,8 @@ data-fg)
     SMI=$!
   fi
   t0=$(date +%s)
-  $PY311 -m pipelines.local_pool generate --root "$W/data" --n "$N" --shard-size 64 --processes "$(nproc)"
-  $PY311 -m pipelines.local_pool generate --root "$W/heldout" --n "$HELDOUT" --seed 1 --shard-size 64 --processes 4
+  $PY311 -m zeroverse.cli generate --backend processes --no-progress --root "$W/data" --n "$N" --shard-size 64 --workers "$(nproc)"
+  $PY311 -m zeroverse.cli generate --backend processes --no-progress --root "$W/heldout" --n "$HELDOUT" --seed 1 --shard-size 64 --workers 4
   tg=$(date +%s)
   if [ "$NGPU" -gt 0 ] && [ -n "$RENDER_BENCH" ]; then  # end-to-end EEVEE figures on 1 and all GPUs
     PPG=$(( PROCS / NGPU ))
@@ -86,13 +86,13 @@ data-fg)
     done
   fi
   t1=$(date +%s)
-  $PY311 -m pipelines.local_pool render --root "$W/data" --views "$VIEWS" --layout-views "$LAYOUT" --resolution "$RES" \
-    --engine "$ENGINE" --processes "$PROCS" --shapes-per-shard 16 $(gpus_arg)
+  $PY311 -m zeroverse.cli render --backend processes --no-progress --root "$W/data" --views "$VIEWS" --layout-views "$LAYOUT" --resolution "$RES" \
+    --engine "$ENGINE" --workers "$PROCS" --shapes-per-shard 16 $(gpus_arg)
   t2=$(date +%s)
-  $PY311 -m pipelines.local_pool render --root "$W/heldout" --rig eval --targets-per-ring "$TARGETS" --resolution "$EVAL_RES" \
-    --engine "$ENGINE" --processes 4 --shapes-per-shard 8 $(gpus_arg)
-  $PY311 -m pipelines.local_pool real --src "$GSO" --root "$W/gso" --resolution "$EVAL_RES" --engine "$ENGINE" \
-    --targets-per-ring "$TARGETS" --processes 1 ${GSO_LIMIT:+--limit $GSO_LIMIT}
+  $PY311 -m zeroverse.cli render --backend processes --no-progress --root "$W/heldout" --rig eval --targets-per-ring "$TARGETS" --resolution "$EVAL_RES" \
+    --engine "$ENGINE" --workers 4 --shapes-per-shard 8 $(gpus_arg)
+  $PY311 -m zeroverse.cli render --backend processes --no-progress --real "$GSO" --root "$W/gso" --resolution "$EVAL_RES" --engine "$ENGINE" \
+    --targets-per-ring "$TARGETS" --workers 1 ${GSO_LIMIT:+--limit $GSO_LIMIT}
   t3=$(date +%s)
   views=$(( N * VIEWS ))
   printf '{"shapes": %d, "views": %d, "resolution": %d, "generate_s": %d, "render_s": %d, "views_per_s": %.1f, "gpus": %d, "processes": %d, "eval_views_s": %d}\n' \

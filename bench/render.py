@@ -41,34 +41,35 @@ class Job:
     out: str  # the views root this process writes
     settings: RenderSettings
     views: int
-    shards: list  # [(first, last, shape_ids)]
+    shards: list  # [pipelines.tasks.Task]
     device: int | None = None  # physical GPU (zeroverse.scene.gpu_devices), None: no binding
 
 
 def _worker(job_and_barrier) -> dict:
     job, barrier = job_and_barrier
-    from pipelines.render import RenderConfig, ViewShardWriter
+    from pipelines.render import RenderConfig
+    from pipelines.view_writer import ViewShardWriter
     from zeroverse.scene.cameras import RigConfig
     from zeroverse.store.manifest import Manifest
 
-    cfg = RenderConfig(root=Path(job.out), rig=RigConfig(num_views=job.views), settings=job.settings, shapes_per_shard=len(job.shards[0][2]))
+    cfg = RenderConfig(root=Path(job.out), rig=RigConfig(num_views=job.views), settings=job.settings, shapes_per_shard=len(job.shards[0].shape_ids))
     shapes = Manifest.load(Path(job.root) / "shapes")
     # Shapes and the texture cache come from the prepared root, views go to this run's own root.
     writer = ViewShardWriter(cfg, shapes, source_root=Path(job.root), device=job.device)
-    first, last, ids = job.shards[0]
+    first = job.shards[0]
     t0 = time.perf_counter()
-    writer.render_shard(first, last, ids[:1])  # warm-up: shader compile, texture cache, kernels
+    writer.render_shard(first.first, first.last, list(first.shape_ids[:1]))  # warm-up: shader compile, texture cache, kernels
     warmup = time.perf_counter() - t0
     barrier.wait()
     start, c0 = time.perf_counter(), time.process_time()
     views_done, stages = 0, []
-    for k, (first, last, ids) in enumerate(job.shards[1:]):
-        record = writer.render_shard(first, last, ids)
-        views_done += record["rows"]
+    for k, task in enumerate(job.shards[1:]):
+        result = writer.render_shard(task.first, task.last, list(task.shape_ids))
+        views_done += result.record.rows
         if k == 0:  # the gap before the first timed shard is the barrier's wait, not a driver's
-            for times in (record["stages"]["seconds"], record["stages"]["cpu_seconds"]):
+            for times in (result.stages["seconds"], result.stages["cpu_seconds"]):
                 times.pop("driver", None)
-        stages.append(record["stages"])
+        stages.append(result.stages)
     end = time.perf_counter()
     device = {**writer.renderer.device_report(), "binding": writer.binding}
     writer.close()
@@ -76,16 +77,17 @@ def _worker(job_and_barrier) -> dict:
 
 
 def make_root(root: Path, n: int) -> Path:
-    """A root of `n` shapes (seed 0) with its texture bank, generated on a local process pool:
-    no Ray needed, like the rest of this script."""
-    from pipelines.generate import GenerateConfig
-    from pipelines.local_pool import run_generate_local
+    """A root of `n` shapes (seed 0) with its texture bank, generated on the farm's process
+    backend: no Ray needed, like the rest of this script."""
+    from pipelines.generate import GenerateConfig, run_generate
     from pipelines.texture_bank import prepare_bank
     from zeroverse.scene.recipe import RecipeConfig
 
     bank = prepare_bank(root, None, RecipeConfig().texture_bank_size)
     cfg = GenerateConfig(root=root, n=n, seed=0, shard_size=16, textures=bank.describe())
-    run_generate_local(cfg, min(4, os.cpu_count() or 1))
+    result = run_generate(cfg, workers=min(4, os.cpu_count() or 1), progress=False, backend="processes")
+    if result.failures:
+        raise SystemExit(f"{len(result.failures)} shapes failed to generate, e.g. {result.failures[0]}")
     return root
 
 
@@ -118,7 +120,7 @@ def run(root: Path, settings: RenderSettings, views: int, procs: int, shards_per
     need = procs * (shards_per_proc + 1)
     if len(plan) < need:
         raise SystemExit(f"root has {len(plan)} shards of {shapes_per_shard} shapes; need {need} (generate more shapes)")
-    warm_textures(root, [sid for _, _, sids in plan[:need] for sid in sids])
+    warm_textures(root, [sid for task in plan[:need] for sid in task.shape_ids])
     ctx = mp.get_context("spawn")
     barrier = ctx.Manager().Barrier(procs)
     out = keep if keep is not None else Path(tempfile.mkdtemp(prefix="zv-bench-render-"))
@@ -152,7 +154,7 @@ def check_against_cycles(root: Path, engine: str, resolution: int) -> dict:
     import numpy as np
 
     from blender_scripts.render_views import BlenderRenderer
-    from pipelines.render import shape_mesh
+    from pipelines.view_writer import shape_mesh
     from pipelines.texture_bank import open_bank
     from zeroverse.scene.cameras import RigConfig, make_cameras, rig_rng
     from zeroverse.scene.render_settings import RenderSettings

@@ -1,10 +1,12 @@
 """Fault injection: real faults inside real workers, switched on by the environment.
 
 The fault matrix (tests/test_faults.py, bench/chaos.py) needs a worker to die, crash or hang at a
-known point of a real run. The steps call `inject(stage, shape_id)` before each shape; unless
-ZEROVERSE_FAULTS is set that is one environment lookup. The drivers forward every ZEROVERSE_*
-variable to their workers (ray_runtime.worker_env), so setting it where the driver runs is enough,
-on one machine or a cluster.
+known point of a real run. Steps know nothing of it: the executor's worker side
+(pipelines.executor.StepRunner) reads ZEROVERSE_FAULTS once when the worker starts and hands the
+step a `before_shape` hook (`fault_hook(stage)`) that fires the faults meant for each shape;
+without the variable the hook does nothing. The backends forward every ZEROVERSE_* variable to
+their workers (ray_runtime.worker_env), so setting it where the driver runs is enough, on one
+machine or a cluster.
 
     ZEROVERSE_FAULTS="render:kill@3"            # the worker rendering shape 3 kills itself, once
     ZEROVERSE_FAULTS="render:segv@3x*,generate:raise@1x2"
@@ -31,6 +33,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 ENV, DIR_ENV = "ZEROVERSE_FAULTS", "ZEROVERSE_FAULTS_DIR"
 STAGES = ("generate", "render")
@@ -62,14 +65,23 @@ def parse_faults(spec: str) -> list[Fault]:
     return faults
 
 
-def inject(stage: str, shape_id: int) -> None:
-    """Fires the faults of ZEROVERSE_FAULTS meant for this stage and shape (none in production)."""
-    spec = os.environ.get(ENV)
-    if not spec:
-        return
-    for fault in parse_faults(spec):
-        if fault.stage == stage and fault.shape_id == shape_id and _claim(fault):
-            _fire(fault)
+def fault_hook(stage: str) -> Callable[[int], None]:
+    """The `before_shape` hook of a worker of `stage`: fires the faults of ZEROVERSE_FAULTS meant
+    for that stage and shape (read now, once; in production there are none and it does nothing)."""
+    faults = [f for f in parse_faults(os.environ.get(ENV, "")) if f.stage == stage]
+    if not faults:
+        return _nothing
+
+    def before_shape(shape_id: int) -> None:
+        for fault in faults:
+            if fault.shape_id == shape_id and _claim(fault):
+                _fire(fault)
+
+    return before_shape
+
+
+def _nothing(_: int) -> None:
+    pass
 
 
 def _claim(fault: Fault) -> bool:

@@ -1,29 +1,27 @@
-"""`zeroverse generate`: shape shards from (seed, shape_id), fanned out over Ray.
+"""`zeroverse generate`: shape shards from (seed, shape_id), on the farm executor.
 
-The step (`make_shape_shard`) knows nothing of Ray: it turns a range of shape ids into one
-atomically written Parquet shard. The orchestrator (`run_generate`) decides which ranges are
-missing from the manifest, runs the steps as Ray tasks, and records each finished shard in the
-manifest as it lands, so an interrupted run resumes where it stopped.
+The step (`make_shape_shard`) knows nothing of the executor: it turns a range of shape ids into
+one atomically written Parquet shard. `run_generate` decides which ranges are missing from the
+manifest and hands them to the executor (pipelines.executor), which runs them on Ray or a process
+pool and records each finished shard in the manifest as it lands, so an interrupted run resumes
+where it stopped.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
+import functools
 import time
-import traceback
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import pyarrow as pa
 
-from pipelines.faults import inject
+from pipelines.tasks import StepResult, Task, no_op
 from zeroverse.scene.recipe import RECIPE_VERSION, RecipeConfig, sample_recipe
-from zeroverse.store.fs import Location, delete, is_dir, join, make_dirs, remove_temporaries
-from zeroverse.store.manifest import Manifest, archive_version, differs, listed_file_problem, open_manifest
-from zeroverse.store.shards import SHAPE_SCHEMA, file_metadata, shard_name, shard_path, shard_ranges, write_shard
+from zeroverse.store.fs import Location, is_dir, join, make_dirs, remove_temporaries
+from zeroverse.store.manifest import Failure, Manifest, ShardRecord, archive_version, differs, listed_file_problem, open_manifest
+from zeroverse.store.shards import SHAPE_SCHEMA, file_metadata, shard_name, shard_ranges, write_shard
 
 DEFAULT_SHARD_SIZE = 256  # ~0.5 MB per default shape: shards of ~100-200 MB
 
@@ -70,7 +68,7 @@ class GenerateConfig:
 class GenerateResult:
     written: list[str]
     skipped: int
-    failures: list[dict[str, Any]]
+    failures: list[Failure]
     shapes: int
     seconds: float
     retries: int = 0  # shards resubmitted after their worker hung
@@ -118,38 +116,44 @@ def rows_to_table(rows: list[dict[str, Any]]) -> pa.Table:
     return pa.Table.from_pydict(columns, schema=SHAPE_SCHEMA)
 
 
-def make_shape_shard(
-    cfg: GenerateConfig, first: int, last: int, on_shape: Callable[[int], None] | None = None
-) -> dict[str, Any]:
+def make_shape_shard(cfg: GenerateConfig, first: int, last: int, on_shape: Callable[[int], None] = no_op,
+                     before_shape: Callable[[int], None] = no_op) -> StepResult:  # fmt: skip
     """Builds shapes first..last and writes their shard. A shape that raises is retried (a fresh
-    scene each time); one that keeps failing is left out and reported in the record's `failed`."""
+    scene each time); one that keeps failing is left out and reported in the result's failures."""
     started = time.perf_counter()
     rows, failed = [], []
     for shape_id in range(first, last + 1):
         for attempt in range(1, cfg.max_shape_attempts + 1):
             try:
-                inject("generate", shape_id)
+                before_shape(shape_id)
                 rows.append(shape_row(cfg.seed, shape_id, cfg.recipe))
                 break
             except Exception as err:  # noqa: BLE001 - any failure of one shape must not sink the shard
                 if attempt == cfg.max_shape_attempts:
-                    reason = f"{type(err).__name__}: {err}"
-                    failed.append({"shape_id": shape_id, "reason": reason, "traceback": traceback.format_exc(limit=5)})
-        if on_shape is not None:
-            on_shape(1)
+                    failed.append(Failure(shape_id, f"{type(err).__name__}: {err}"))
+        on_shape(1)
     path = join(cfg.shapes_dir, shard_name("shapes", first, last))
     meta = file_metadata("shapes", cfg.identity(), cfg.seed)
     # One row group per shape, as for views: a renderer reads exactly the shapes it was given.
-    record = write_shard(rows_to_table(rows), path, meta, row_group_rows=[1] * len(rows))
-    record.update(
-        first=first,
-        last=last,
-        rows=len(rows),
-        shape_ids=[r["shape_id"] for r in rows],
-        failed=failed,
-        seconds=round(time.perf_counter() - started, 3),
-    )
-    return record
+    written = write_shard(rows_to_table(rows), path, meta, row_group_rows=[1] * len(rows))
+    seconds = round(time.perf_counter() - started, 3)
+    record = ShardRecord.of(written, first, last, [r["shape_id"] for r in rows], [f.shape_id for f in failed], seconds)
+    return StepResult(record, tuple(failed))
+
+
+class ShapeShardStep:
+    """The generate step of one worker: Blender (bpy) loads once, then a shape shard per task."""
+
+    def __init__(self, cfg: GenerateConfig, device: int | None = None):
+        import blender_scripts.build_shape  # noqa: F401 - bpy loads (seconds on a cold worker) before the first shard
+
+        self.cfg = cfg
+
+    def run(self, task: Task, on_units: Callable[[int], None] = no_op, before_shape: Callable[[int], None] = no_op) -> StepResult:
+        return make_shape_shard(self.cfg, task.first, task.last, on_units, before_shape)
+
+    def close(self) -> None:
+        pass
 
 
 def pending_ranges(
@@ -163,7 +167,7 @@ def pending_ranges(
     for first, last in shard_ranges(n, shard_size):
         shard = manifest.shard_for(first)
         intact = shard is not None and (directory is None or listed_file_problem(directory, shard, verify) is None)
-        if intact and shard["last"] >= last and not shard.get("failed"):
+        if intact and shard.last >= last and not shard.failed:
             done += last - first + 1
             continue
         todo.append((first, last))
@@ -177,19 +181,18 @@ def run_generate(
     progress: bool = True,
     verify: bool = False,
     new_version: bool = False,
+    backend: str = "ray",
 ) -> GenerateResult:
-    """Builds every missing shard of `cfg.root` with Ray and records each in the manifest. With
-    `verify`, listed shards are re-hashed and any whose sha256 changed are rebuilt. With
-    `new_version`, a root made with another seed or config is moved (with its views) to
-    ROOT/versions/<k> instead of refused.
+    """Builds every missing shard of `cfg.root` on the farm executor (`backend` 'ray': a local
+    Ray or the cluster at `address`; 'processes': this machine) and records each in the manifest
+    as it lands. With `verify`, listed shards are re-hashed and any whose sha256 changed are
+    rebuilt. With `new_version`, a root made with another seed or config is moved (with its
+    views) to ROOT/versions/<k> instead of refused.
 
-    A task whose worker dies is retried by Ray (3 times); one that stops reporting progress for
-    `cfg.shape_timeout_s` (a hung Blender) is cancelled, which kills its worker, and resubmitted,
-    up to `cfg.max_attempts` times; a shard that still fails goes to the manifest's failures."""
-    import ray
-    from tqdm import tqdm
-
-    from pipelines.ray_runtime import Heartbeats, init_ray, new_progress_counter, throttled, worker_options
+    A shard whose worker dies, or that stops reporting progress for `cfg.shape_timeout_s` (a hung
+    Blender: its worker is killed), is retried up to `cfg.max_attempts` times; a shard that still
+    fails, or whose step raised (e.g. its write failed: disk full), goes to the manifest's failures."""
+    from pipelines.executor import Job, execute, make_backend
 
     started = time.perf_counter()
     shapes_dir = cfg.shapes_dir
@@ -206,113 +209,17 @@ def run_generate(
         result.failures = list(manifest.failures)
         return result
 
-    init_ray(address, workers)  # before anything is created: a cluster that cannot be joined changes nothing
+    make_step = functools.partial(ShapeShardStep, cfg)
+    # Before anything is created: a cluster that cannot be joined changes nothing.
+    runner = make_backend(backend, "generate", make_step, workers, address)
     make_dirs(shapes_dir)
-    counter = new_progress_counter()
-
-    @ray.remote(num_cpus=1, max_retries=3)
-    def generate_shard(first: int, last: int, attempt: int) -> dict[str, Any]:
-        import blender_scripts.build_shape  # noqa: F401 - bpy loads (seconds on a cold worker) before the clock starts
-
-        key = (first, attempt)
-        with contextlib.suppress(Exception):  # progress is best effort: it must never fail a shard
-            ray.get(counter.begin.remote(key), timeout=30)  # waited for: a worker frozen right after still counts as begun
-        report = throttled(lambda k: counter.add.remote(k, key))
-        try:
-            return make_shape_shard(cfg, first, last, on_shape=report)
-        finally:
-            report.flush()
-            counter.end.remote(key)
-
-    task = generate_shard.options(**worker_options())
-    # At most `workers` shards in flight: honours --workers even on a larger (or shared) cluster.
-    limit = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-    queue = deque((first, last, 1) for first, last in todo)
-    refs: dict = {}
-    beats = Heartbeats()
-    total = sum(last - first + 1 for first, last in todo)
-    bar = tqdm(total=total, unit="shape", desc="generate", disable=not progress, smoothing=0.1)
-
-    def retry_or_ledger(first: int, last: int, attempt: int, reason: str) -> None:
-        if attempt < cfg.max_attempts:
-            result.retries += 1
-            queue.append((first, last, attempt + 1))
-        else:
-            result.failures.extend(_ledger_shard(manifest, shapes_dir, first, last, f"{reason} (after {attempt} attempts)"))
-
-    try:
-        while queue or refs:
-            while queue and len(refs) < limit:
-                first, last, attempt = queue.popleft()
-                refs[task.remote(first, last, attempt)] = (first, last, attempt)
-            ready, _ = ray.wait(list(refs), num_returns=1, timeout=0.5, fetch_local=False)
-            beats.poll(counter, bar, total)
-            now = time.monotonic()
-            for ref in list(refs):
-                first, last, attempt = refs[ref]
-                if ref in ready:
-                    del refs[ref]
-                    beats.forget((first, attempt))
-                    try:
-                        record = ray.get(ref)
-                    except Exception as err:  # the whole task failed (after Ray's retries for a dead worker)
-                        cause = getattr(err, "cause", None) or err
-                        reason = f"shard {first}-{last} failed: {type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}"
-                        result.failures.extend(_ledger_shard(manifest, shapes_dir, first, last, reason))
-                        continue
-                    failed = [{"shape_id": f["shape_id"], "reason": f["reason"]} for f in record["failed"]]
-                    _commit(manifest, shapes_dir, record)
-                    result.written.append(record["file"])
-                    result.failures.extend(failed)
-                elif beats.silent_for((first, attempt), now) > cfg.shape_timeout_s:
-                    del refs[ref]
-                    beats.forget((first, attempt))
-                    ray.cancel(ref, force=True)  # kills the worker: a hung Blender cannot be interrupted
-                    retry_or_ledger(first, last, attempt, f"shard {first}-{last} timed out: no shape finished in {cfg.shape_timeout_s:g} s")
-        bar.n = total
-        bar.refresh()
-    except BaseException:  # Ctrl-C, or a manifest that cannot be saved: stop every task in flight
-        for ref in refs:
-            with contextlib.suppress(Exception):
-                ray.cancel(ref, force=True)
-        with contextlib.suppress(Exception):  # then sweep what they were writing (best effort; reruns sweep too)
-            ray.wait(list(refs), num_returns=len(refs), timeout=5)
-            remove_temporaries(shapes_dir)
-        raise
-    finally:
-        bar.close()
+    job = Job(
+        stage="generate", directory=shapes_dir, manifest=manifest, tasks=[Task(a, b, tuple(range(a, b + 1))) for a, b in todo],
+        make_step=make_step, max_attempts=cfg.max_attempts, shape_timeout_s=cfg.shape_timeout_s, retry_errors=False,
+        label="shard {first}-{last} ",
+    )  # fmt: skip
+    outcome = execute(job, runner, progress=progress)
+    result.written, result.failures, result.retries = outcome.written, outcome.failures, outcome.retries
     result.shapes = len(manifest.shape_ids())
     result.seconds = time.perf_counter() - started
     return result
-
-
-def _commit(manifest: Manifest, directory: Location, record: dict[str, Any]) -> None:
-    """Lists a landed shard in the manifest (written last), then drops the file it supersedes."""
-    failed = record.pop("failed")
-    record["failed"] = [f["shape_id"] for f in failed]
-    manifest.failures = [f for f in manifest.failures if not (record["first"] <= f["shape_id"] <= record["last"])]
-    manifest.failures.extend({"shape_id": f["shape_id"], "reason": f["reason"]} for f in failed)
-    old = manifest.replace_shard(record)
-    manifest.save(directory)
-    if old is not None and old["file"] != record["file"]:
-        delete(shard_path(directory, old))  # a shard name only: never a path a hand-edited manifest made up
-
-
-def _ledger_shard(manifest: Manifest, directory: Location, first: int, last: int, reason: str) -> list[dict[str, Any]]:
-    """Records a shard that could not be made at all (e.g. its write failed: disk full) in the
-    manifest's failures, so that `validate` and readers see the gap; shapes an older listed shard
-    of the same range still holds stay listed and are not failures. Raises ManifestSaveError if
-    even the manifest cannot be written (the previous one is left as it was)."""
-    old = manifest.shard_for(first)
-    listed = set(old["shape_ids"]) if old is not None else set()
-    failed = [{"shape_id": i, "reason": reason} for i in range(first, last + 1) if i not in listed]
-    manifest.failures = [f for f in manifest.failures if not (first <= f["shape_id"] <= last)]
-    manifest.failures.extend(failed)
-    manifest.save(directory)
-    return failed
-
-
-def describe(result: GenerateResult) -> str:
-    return json.dumps(
-        {"written": len(result.written), "skipped_shapes": result.skipped, "shapes": result.shapes, "failures": len(result.failures)}
-    )

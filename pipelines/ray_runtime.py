@@ -5,8 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import time
-from typing import Callable
 
 import ray
 
@@ -179,63 +177,3 @@ def new_progress_counter():
     if ray.cluster_resources().get(HEAD):
         return ProgressCounter.options(resources={HEAD: 0.001}).remote()
     return ProgressCounter.remote()
-
-
-class Heartbeats:
-    """Driver side of the heartbeats: when each running task last showed a sign of life."""
-
-    def __init__(self) -> None:
-        self.seen: dict = {}  # key -> (beats, driver time they changed)
-        self.polled: float | None = None  # when the counter last answered
-
-    def update(self, beats: dict, now: float) -> None:
-        for key, n in beats.items():
-            if self.seen.get(key, (None,))[0] != n:
-                self.seen[key] = (n, now)
-        self.polled = now
-
-    def poll(self, counter, bar, total: int) -> None:
-        """Asks the counter for its count and beats: moves the progress bar and records signs
-        of life. A counter that does not answer in 5 s changes nothing (see silent_for)."""
-        with contextlib.suppress(Exception):
-            count, running = ray.get(counter.state.remote(), timeout=5)
-            bar.n = min(total, count)
-            bar.refresh()
-            self.update(running, time.monotonic())
-
-    def start(self, key, now: float) -> None:
-        """Starts the clock of a task the driver knows has begun (dispatched to a ready actor)."""
-        self.seen[key] = (0, now)
-
-    def silent_for(self, key, now: float) -> float:
-        """Seconds since the task's last beat, as of the counter's last answer (while it does not
-        answer nothing is known, so nothing times out); 0 until the task has begun."""
-        if key not in self.seen:
-            return 0.0
-        return max(0.0, (self.polled if self.polled is not None else now) - self.seen[key][1])
-
-    def forget(self, key) -> None:
-        self.seen.pop(key, None)
-
-
-def throttled(report: Callable[[int], None], every_s: float = 0.25) -> Callable[[int], None]:
-    """Batches progress reports so a fast worker sends a few messages per second, not thousands."""
-    pending = 0
-    last = time.monotonic()
-
-    def add(n: int) -> None:
-        nonlocal pending, last
-        pending += n
-        now = time.monotonic()
-        if now - last >= every_s:
-            report(pending)
-            pending, last = 0, now
-
-    def flush() -> None:
-        nonlocal pending
-        if pending:
-            report(pending)
-            pending = 0
-
-    add.flush = flush  # type: ignore[attr-defined]
-    return add

@@ -1,24 +1,26 @@
-"""Real scanned objects -> a views root in the same format as rendered Zeroverse shapes.
+"""Real scanned objects -> a views root in the same format as rendered Zeroverse shapes: a farm
+job like `render` (`zeroverse render --real DIR --root OUT`), through the same executor and
+render step, with the objects as the step's shape source.
 
 Evaluation then reads them with the same ViewDataset (view_sampling="eval"). Objects are few
-(tens), so they render in this process, one Blender, resuming per shard like the farm.
+(tens): by default one local worker process renders them, resuming per shard like the farm.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
-import pyarrow as pa
 
-from zeroverse.scene.cameras import RigConfig, make_cameras, rig_identity, rig_rng
+from zeroverse.scene.cameras import RigConfig, rig_identity
+from zeroverse.scene.primitives import MeshArrays
 from zeroverse.scene.real_objects import list_real_objects, load_real_object
 from zeroverse.scene.render_settings import RenderSettings
 from zeroverse.store.fs import atomic_write_text
 from zeroverse.store.manifest import open_manifest
-from zeroverse.store.shards import VIEW_SCHEMA, file_metadata, shard_name, write_shard
 
 GSO_ATTRIBUTION = (
     "Objects from Google Scanned Objects, CC BY 4.0, Copyright 2020 Google LLC. Downs et al., "
@@ -26,12 +28,37 @@ GSO_ATTRIBUTION = (
 )
 
 
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
+class RealObjects:
+    """The render step's shape source for real objects: shape_id is the object's index in sorted
+    order, and its texture id too (one cached material each)."""
 
-    def close(self) -> None:
-        pass
+    def __init__(self, paths: list[Path], identity: dict[str, Any]):
+        self.paths, self.identity = paths, identity
+        self.seed = 0
+        self.extra_metadata = {"attribution": GSO_ATTRIBUTION}
+        self.textures: dict[int, np.ndarray] = {}
+        self.read_image: Callable | None = None
+
+    def open(self) -> Callable[[int], np.ndarray]:
+        try:  # PIL where it exists; Blender's own Python has none, but bpy reads images too
+            import PIL  # noqa: F401
+        except ImportError:
+            from blender_scripts.images import read_image_rgb
+
+            self.read_image = read_image_rgb
+        return lambda texture_id: self.textures[texture_id]
+
+    def read(self, shape_ids: list[int]) -> dict[int, tuple[MeshArrays, np.ndarray]]:
+        out = {}
+        for sid in shape_ids:
+            obj = load_real_object(self.paths[sid], self.read_image)
+            self.textures[sid] = obj.texture
+            out[sid] = (obj.mesh, np.array([sid], np.int32))
+        return out
+
+
+def object_names(paths: list[Path]) -> list[str]:
+    return [p.parent.name if p.name == "model.obj" else p.stem for p in paths]
 
 
 def render_real_objects(
@@ -43,16 +70,26 @@ def render_real_objects(
     shapes_per_shard: int = 8,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Renders every object of `folder` (or the first `limit`) into ROOT/views; shape_id is the
-    object's index in sorted order, names are in the manifest config."""
-    from blender_scripts.render_views import BlenderRenderer
-    from pipelines.render import encode_view_rows
+    """Renders every object of `folder` (or the first `limit`) into ROOT/views on one local
+    worker process; shape_id is the object's index in sorted order, names are in the manifest config."""
+    return run_real(folder, root, rig, settings, limit, shapes_per_shard, progress)
 
+
+def run_real(folder: str | Path, root: str | Path, rig: RigConfig, settings: RenderSettings, limit: int | None = None,
+             shapes_per_shard: int = 8, progress: bool = True, backend: str = "processes", **options: Any) -> dict[str, Any]:  # fmt: skip
+    """render_real_objects on any executor backend (`options`: make_backend's; one worker by default)."""
+    from pipelines.executor import Job, execute, make_backend
+    from pipelines.render import RenderConfig, pending_shards, view_shard_plan, views_per_shape
+    from pipelines.scratch import sweep
+    from pipelines.view_writer import ViewShardWriter
+
+    started = time.perf_counter()
     paths = list_real_objects(folder)[:limit]
     root = Path(root)
+    cfg = RenderConfig(root=root, rig=rig, settings=settings, shapes_per_shard=shapes_per_shard)
     views_dir = root / "views"
     views_dir.mkdir(parents=True, exist_ok=True)
-    names = [p.parent.name if p.name == "model.obj" else p.stem for p in paths]
+    names = object_names(paths)
     identity = {
         "source": str(Path(folder).resolve()),
         "objects": names,
@@ -60,49 +97,18 @@ def render_real_objects(
         "render": {k: v for k, v in settings.to_dict().items() if k not in ("threads", "texture_cache")},
     }
     manifest = open_manifest(views_dir, "views", 0, identity)
-    try:  # PIL where it exists; Blender's own Python has none, but bpy reads images too
-        import PIL  # noqa: F401
-
-        read_image = None
-    except ImportError:
-        from blender_scripts.images import read_image_rgb as read_image
-    textures: dict[int, np.ndarray] = {}
-    renderer = None
-    started = time.perf_counter()
+    todo, _ = pending_shards(manifest, view_shard_plan(list(range(len(paths))), shapes_per_shard))
     written = 0
-    try:  # Blender's own Python may lack tqdm: then no bar
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(paths), unit="object", desc="render real objects", disable=not progress)
-    except ImportError:
-        bar = _NoBar()
-    for first in range(0, len(paths), shapes_per_shard):
-        ids = list(range(first, min(first + shapes_per_shard, len(paths))))
-        last = first + shapes_per_shard - 1
-        done = manifest.shard_for(first)
-        if done is not None and done["shape_ids"] == ids:
-            bar.update(len(ids))
-            continue
-        if renderer is None:
-            renderer = BlenderRenderer(settings, lambda tid: textures[tid])
-        rows, groups = [], []
-        for sid in ids:
-            obj = load_real_object(paths[sid], read_image)
-            textures[sid] = obj.texture  # texture id = object index: one cached material each
-            bound = float(np.linalg.norm(obj.mesh.vertices, axis=1).max())
-            cameras = make_cameras(rig, rig_rng(0, sid), settings.resolution, bound)
-            view_rows = encode_view_rows(sid, renderer.render_shape(obj.mesh, np.array([sid], np.int32), cameras), cameras, settings)
-            rows.extend(view_rows)
-            groups.append(len(view_rows))
-            bar.update(1)
-        meta = file_metadata("views", identity, 0, {"render": settings.to_dict(), "attribution": GSO_ATTRIBUTION})
-        record = write_shard(pa.Table.from_pylist(rows, schema=VIEW_SCHEMA), views_dir / shard_name("views", first, last), meta, groups)
-        record.update(first=first, last=last, rows=len(rows), shape_ids=ids, failed=[])
-        manifest.replace_shard(record)
-        manifest.save(views_dir)
-        written += 1
-    bar.close()
-    if renderer is not None:
-        renderer.close()
+    if todo:
+        make_step = functools.partial(ViewShardWriter, cfg, source=RealObjects(paths, identity))
+        job = Job(stage="render", directory=views_dir, manifest=manifest, tasks=todo, make_step=make_step, max_attempts=cfg.max_attempts,
+                  shape_timeout_s=cfg.shape_timeout_s, units_per_shape=views_per_shape(rig), unit="view", cleanup=sweep)  # fmt: skip
+        options["workers"] = options.get("workers") or 1  # objects are few: one Blender
+        outcome = execute(job, make_backend(backend, "render", make_step, **options), progress, "render real objects")
+        written = len(outcome.written)
+        if outcome.failures:
+            first = outcome.failures[0]
+            raise ValueError(f"{len(outcome.failures)} real object(s) failed to render, e.g. shape {first.shape_id}: {first.reason}")
     atomic_write_text(root / "ATTRIBUTION.txt", GSO_ATTRIBUTION + "\nObjects: " + ", ".join(names) + "\n")
     return {"objects": len(paths), "shards_written": written, "seconds": time.perf_counter() - started, "names": names}
+

@@ -13,32 +13,18 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def _generate_nodes() -> set[str]:
-    """Node ids of the generate_shard tasks, from Ray's state API (needs the head's dashboard)."""
-    from ray.util.state import list_tasks
-
-    deadline = time.monotonic() + 30
-    while True:
-        tasks = list_tasks(filters=[("func_or_class_name", "=", "run_generate.<locals>.generate_shard")], limit=1000, raise_on_missing_output=False)
-        if not tasks:  # the name's form differs between Ray versions: match on the suffix
-            tasks = [t for t in list_tasks(limit=1000, raise_on_missing_output=False) if str(t.name).endswith("generate_shard")]
-        nodes = {t.node_id for t in tasks if t.node_id and t.state == "FINISHED"}
-        if len(nodes) >= 2 or time.monotonic() > deadline:  # task events reach the GCS asynchronously
-            return nodes
-        time.sleep(1.0)
-
-
-def _render_actor_nodes() -> set[str]:
-    """Node ids of the _RenderActor actors, from the GCS actor table (no dashboard needed)."""
+def _worker_nodes(before: set[str] = frozenset()) -> tuple[set[str], set[str]]:
+    """(actor ids, node ids) of the farm's workers (FarmWorker actors) not in `before`, from the
+    GCS actor table (no dashboard needed): generate's workers, then render's."""
     from ray._private.state import actors
 
-    return {a["Address"]["NodeID"] for a in actors().values() if a.get("ActorClassName") == "_RenderActor"}
+    workers = {k: a for k, a in actors().items() if a.get("ActorClassName") == "FarmWorker" and k not in before}
+    return set(workers), {a["Address"]["NodeID"] for a in workers.values()}
 
 
 def main() -> None:
@@ -79,8 +65,10 @@ def main() -> None:
             progress=False,
         )
         out["nodes"] = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])
+        generate_workers = set()
         try:
-            out["generate_nodes"] = sorted(_generate_nodes())
+            generate_workers, nodes = _worker_nodes()
+            out["generate_nodes"] = sorted(nodes)
         except Exception as err:  # noqa: BLE001 - report, the test decides
             out["generate_nodes_error"] = f"{type(err).__name__}: {err}"
         rend = run_render(
@@ -94,7 +82,7 @@ def main() -> None:
             workers=2,
             progress=False,
         )
-        out["render_nodes"] = sorted(_render_actor_nodes())
+        out["render_nodes"] = sorted(_worker_nodes(generate_workers)[1])
         out["generate"] = {"shapes": gen.shapes, "failures": len(gen.failures), "written": len(gen.written)}
         out["render"] = {"shapes": rend.shapes, "views": rend.views, "failures": len(rend.failures), "workers_started": rend.workers_started}
     finally:

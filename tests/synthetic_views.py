@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from zeroverse.store.manifest import Manifest, config_digest
+from zeroverse.store.manifest import Failure, Manifest, ShardRecord, config_digest
 from zeroverse.store.shards import VIEW_SCHEMA, file_metadata, shard_name, shard_ranges, write_shard
 
 FOV_DEG = 50.0
@@ -288,7 +288,7 @@ def write_view_shards(
         rows, counts, ids = [], [], []
         for shape_id in range(first, last + 1):
             if shape_id in failed:
-                manifest.failures.append({"shape_id": shape_id, "reason": "synthetic failure"})
+                manifest.failures.append(Failure(shape_id, "synthetic failure"))
                 continue
             n = (views_for or {}).get(shape_id, views_per_shape)
             shape = shape_rows(shape_id, n, resolution, seed, rig, texture, with_position, bev, texture_size, fov_deg)
@@ -299,8 +299,7 @@ def write_view_shards(
             continue
         table = pa.Table.from_pylist(rows, schema=VIEW_SCHEMA)
         path = views_dir / shard_name("views", first, last)
-        record = write_shard(table, path, meta, row_group_rows=counts)
-        record.update({"first": first, "last": last, "rows": len(rows), "shape_ids": ids})
-        manifest.replace_shard(record)
+        written = write_shard(table, path, meta, row_group_rows=counts)
+        manifest.replace_shard(ShardRecord.of(written, first, last, ids))
     manifest.save(views_dir)
     return manifest

@@ -70,6 +70,22 @@ def test_same_seed_same_bytes_with_one_and_two_workers(tmp_path, ray_local):
     assert set(recipe["augmentations"]) <= {"height_field", "boolean", "wireframe"}
 
 
+def test_process_backend_gives_the_ray_bytes_and_retries_a_killed_worker(tmp_path, monkeypatch):
+    """The executor's process backend (no Ray): the same shard bytes as the Ray farm's fixed
+    digest test above, and a worker killed mid-shard (kill -9) is replaced and its shard redone."""
+    from pipelines.generate import GenerateConfig, run_generate
+
+    reference = tmp_path / "ref"
+    run_generate(GenerateConfig(root=reference, n=4, seed=5, shard_size=2), workers=2, progress=False, backend="processes")
+    monkeypatch.setenv("ZEROVERSE_FAULTS", "generate:kill@2")
+    monkeypatch.setenv("ZEROVERSE_FAULTS_DIR", str(tmp_path))
+    root = tmp_path / "root"
+    result = run_generate(GenerateConfig(root=root, n=4, seed=5, shard_size=2), workers=2, progress=False, backend="processes")
+    assert (tmp_path / "generate-kill-2-0").exists(), "the fault never fired"
+    assert result.shapes == 4 and not result.failures and result.retries == 1
+    assert _digests(root / "shapes") == _digests(reference / "shapes")
+
+
 @pytest.mark.ray
 def test_resume_after_an_interrupted_run_and_extend(tmp_path, ray_local):
     from pipelines.generate import GenerateConfig, run_generate

@@ -52,7 +52,8 @@ def make_root(root: Path) -> Path:
 
 def worker(root: str, out: str, device: str) -> None:
     """One render worker bound to `device`, as the farm makes it (child process)."""
-    from pipelines.render import RenderConfig, ViewShardWriter
+    from pipelines.render import RenderConfig
+    from pipelines.view_writer import ViewShardWriter
     from zeroverse.scene.cameras import RigConfig
     from zeroverse.scene.render_settings import RenderSettings
     from zeroverse.store.manifest import Manifest
@@ -60,9 +61,9 @@ def worker(root: str, out: str, device: str) -> None:
     shapes = Manifest.load(Path(root) / "shapes")
     cfg = RenderConfig(root=Path(out), rig=RigConfig(num_views=VIEWS), settings=RenderSettings(engine="eevee", resolution=RES, samples=16), shapes_per_shard=SHAPES)
     writer = ViewShardWriter(cfg, shapes, source_root=Path(root), device=int(device))
-    record = writer.render_shard(0, SHAPES - 1, list(range(SHAPES)))
+    record = writer.render_shard(0, SHAPES - 1, list(range(SHAPES))).record
     writer.close()
-    print("RECORD " + json.dumps({"file": record["file"], "rows": record["rows"], "failed": record["failed"]}))
+    print("RECORD " + json.dumps({"file": record.file, "rows": record.rows, "failed": list(record.failed)}))
 
 
 def render_on(device: int, root: Path, out: Path) -> dict:

@@ -23,7 +23,7 @@ from zeroverse.review.preview import (
 )
 from zeroverse.scene.primitives import quads_to_triangles, unit_quad_mesh
 from zeroverse.store.shape_io import ShapeRecord
-from zeroverse.store.manifest import Manifest
+from zeroverse.store.manifest import Manifest, ShardRecord
 from zeroverse.store.shards import VIEW_SCHEMA, file_metadata, shard_name, write_shard
 
 
@@ -170,9 +170,8 @@ def write_view_root(root: Path, shapes=(4, 5), views=3, h=16, w=24) -> None:
     table = pa.Table.from_pylist(rows, schema=VIEW_SCHEMA)
     directory = root / "views"
     name = shard_name("views", shapes[0], shapes[-1])
-    record = write_shard(table, directory / name, file_metadata("views", {}, 0), row_group_rows=[views] * len(shapes))
-    record.update(first=shapes[0], last=shapes[-1], rows=len(rows), shape_ids=list(shapes))
-    Manifest("views", 0, {}, "test", [record], []).save(directory)
+    written = write_shard(table, directory / name, file_metadata("views", {}, 0), row_group_rows=[views] * len(shapes))
+    Manifest("views", 0, {}, "test", [ShardRecord.of(written, shapes[0], shapes[-1], shapes)], []).save(directory)
 
 
 def test_views_contact_sheet_layout_and_pixels(tmp_path):

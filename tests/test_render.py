@@ -18,6 +18,7 @@ before changing anything. What they prove:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -580,12 +581,12 @@ def actor_pid(actor, wait_alive_s: float = 120.0) -> int | None:
 
 
 def live_render_actors(wait_s: float = 15.0) -> list[str]:
-    """Ids of _RenderActor actors not yet DEAD (after up to `wait_s` for kills to land)."""
+    """Ids of FarmWorker actors not yet DEAD (after up to `wait_s` for kills to land)."""
     from ray._private.state import actors
 
     deadline = time.monotonic() + wait_s
     while True:
-        alive = [k for k, a in actors().items() if a.get("ActorClassName") == "_RenderActor" and a.get("State") != "DEAD"]
+        alive = [k for k, a in actors().items() if a.get("ActorClassName") == "FarmWorker" and a.get("State") != "DEAD"]
         if not alive or time.monotonic() > deadline:
             return alive
         time.sleep(0.2)
@@ -643,14 +644,15 @@ def test_killed_worker_shard_is_rerendered_in_a_fresh_worker(small_root, tmp_pat
 def test_hung_worker_times_out_and_its_shard_is_retried(small_root, tmp_path, monkeypatch):
     """A real hang (the worker is SIGSTOPped mid-shard) with a virtual wait: the orchestrator's
     clock jumps past the shard's deadline instead of the test sleeping through it."""
+    import pipelines.executor as executor_module
     import pipelines.render as render_module
 
     pytest.importorskip("ray._private.state", reason="Ray's actor table (worker pids) is needed to freeze a worker")
     root = fresh_copy(small_root, tmp_path / "root")
     skew = [0.0]
-    real = render_module.time
+    real = executor_module.time
     monkeypatch.setattr(
-        render_module,
+        executor_module,
         "time",
         types.SimpleNamespace(monotonic=lambda: real.monotonic() + skew[0], perf_counter=real.perf_counter, sleep=real.sleep),
     )
@@ -787,19 +789,19 @@ def run_cli(*args: str):
     return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
 
-def rewrite_shard(views_dir: Path, shard: dict, table, rows: int | None = None) -> None:
+def rewrite_shard(views_dir: Path, shard, table, rows: int | None = None) -> None:
     """Writes `table` over the shard and updates the manifest's bytes/sha256, as if it had been
     rendered that way (so only the content check can catch it)."""
+    import dataclasses
     import hashlib
 
-    path = views_dir / shard["file"]
+    path = views_dir / shard.file
     pq.write_table(table, path, compression="zstd")
     manifest = Manifest.load(views_dir)
-    record = manifest.shard_for(shard["first"])
-    record["bytes"] = path.stat().st_size
-    record["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
-    if rows is not None:
-        record["rows"] = rows
+    record = manifest.shard_for(shard.first)
+    changed = dataclasses.replace(record, bytes=path.stat().st_size, sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+                                  rows=record.rows if rows is None else rows)  # fmt: skip
+    manifest.replace_shard(changed)
     manifest.save(views_dir)
 
 
@@ -827,7 +829,7 @@ def test_validate_names_a_truncated_shard(small_root, tmp_path):
     assert str(path) in result.output and "sha256" in result.output
     # Without the checksum the truncated file is still caught, as unreadable Parquet.
     manifest = Manifest.load(root / "views")
-    del manifest.shard_for(shard["first"])["sha256"]
+    manifest.replace_shard(dataclasses.replace(manifest.shard_for(shard.first), sha256=None))  # as roots made before sha256s
     manifest.save(root / "views")
     result = run_cli("validate", "--root", str(root))
     assert result.exit_code == 1 and str(path) in result.output and "unreadable Parquet" in result.output

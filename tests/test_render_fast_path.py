@@ -139,9 +139,10 @@ def tiny_root(tmp_path_factory) -> Path:
 
     repo = Path(__file__).resolve().parents[1]
     root = tmp_path_factory.mktemp("fast_path_root")
-    args = [sys.executable, "-m", "pipelines.local_pool", "generate", "--root", str(root), "--n", "3", "--shard-size", "3", "--processes", "1"]
+    args = [sys.executable, "-m", "zeroverse.cli", "generate", "--backend", "processes", "--root", str(root), "--n", "3", "--shard-size", "3",
+            "--workers", "1", "--no-progress"]  # fmt: skip
     proc = subprocess.run(args, cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)}, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0 and "3 shapes, 0 failures" in proc.stdout, proc.stdout + proc.stderr[-3000:]
+    assert proc.returncode == 0 and "3 shapes in" in proc.stdout, proc.stdout + proc.stderr[-3000:]  # exit 1 on any failed shape
     return root
 
 
@@ -152,7 +153,8 @@ def test_fast_render_path_matches_the_reference_on_real_cycles_renders(tiny_root
     import bpy
 
     from blender_scripts.render_views import BlenderRenderer, quiet_stdout
-    from pipelines.render import RenderConfig, ViewShardWriter, shape_light, shape_mesh
+    from pipelines.render import RenderConfig
+    from pipelines.view_writer import ViewShardWriter, shape_light, shape_mesh
     from pipelines.texture_bank import open_bank
     from zeroverse.scene.cameras import RigConfig, make_cameras, rig_rng
     from zeroverse.scene.imageio import encode_png
@@ -167,11 +169,11 @@ def test_fast_render_path_matches_the_reference_on_real_cycles_renders(tiny_root
     shapes = Manifest.load(tiny_root / "shapes")
     writer = ViewShardWriter(RenderConfig(root=tmp_path, rig=rig, settings=settings, shapes_per_shard=3), shapes, source_root=tiny_root,
                              encode_thread=encode_thread)  # fmt: skip
-    record = writer.render_shard(0, 2, [0, 1, 2])
+    result = writer.render_shard(0, 2, [0, 1, 2])
     writer.close()
-    assert record["rows"] == 9 and not record["failed"]
-    assert set(record["stages"]["overlapped"]) == ({"convert", "png", "maps"} if encode_thread else set())
-    fast = {(r["shape_id"], r["view"]): decode_row(r) for r in pq.read_table(tmp_path / "views" / record["file"]).to_pylist()}
+    assert result.record.rows == 9 and not result.record.failed and not result.failures
+    assert set(result.stages["overlapped"]) == ({"convert", "png", "maps"} if encode_thread else set())
+    fast = {(r["shape_id"], r["view"]): decode_row(r) for r in pq.read_table(tmp_path / "views" / result.record.file).to_pylist()}
 
     # The reference renders the same shapes and cameras in a fresh Blender the old way.
     bank = open_bank(shapes.config.get("textures", {}), tiny_root)
@@ -206,12 +208,12 @@ def test_pass_conversion_is_the_reference_bit_for_bit_on_real_passes(tiny_root, 
     """Including silhouette pixels whose depth sample missed (filled from a neighbour), with
     OpenImageDenoise on as in the default settings."""
     from blender_scripts.render_views import BlenderRenderer, passes_to_view
-    from pipelines.render import shape_mesh
     from pipelines.texture_bank import open_bank
     from zeroverse.scene.cameras import RigConfig, make_cameras, rig_rng
     from zeroverse.scene.imageio import read_exr_channels
     from zeroverse.scene.render_settings import RenderSettings
     from zeroverse.store.manifest import Manifest
+    from pipelines.view_writer import shape_mesh
     from zeroverse.store.shape_io import read_shape_rows
 
     shapes = Manifest.load(tiny_root / "shapes")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from zeroverse.store.manifest import Manifest, config_digest
+from zeroverse.store.manifest import Manifest, ShardRecord, config_digest
 from zeroverse.store.shards import shard_name, shard_path
 
 BAD_NAMES = ["../../victim.txt", "/etc/passwd", "shapes-000000000-000000001.parquet/../../victim.txt",
@@ -27,7 +27,7 @@ def _root_with_entry(tmp_path: Path, name, kind: str = "shapes") -> tuple[Path, 
     victim = tmp_path / "victim.txt"
     victim.write_text("not zeroverse's")
     config = {"x": 1}
-    Manifest(kind, 0, config, config_digest(config), [_record(shard_name(kind, 2, 3), 2, 3)], []).save(root / kind)
+    Manifest(kind, 0, config, config_digest(config), [ShardRecord.from_json(_record(shard_name(kind, 2, 3), 2, 3))], []).save(root / kind)
     body = json.loads((root / kind / "manifest.json").read_text())
     body["shards"].insert(0, _record(name))
     (root / kind / "manifest.json").write_text(json.dumps(body))
@@ -47,26 +47,24 @@ def test_load_refuses_an_entry_that_is_not_a_shard_name(tmp_path, name):
 
 def test_replacing_a_shard_never_deletes_what_a_bad_record_names(tmp_path):
     """The delete path itself (records built in memory bypass Manifest.load)."""
-    from pipelines.generate import _commit as commit_shapes
-    from pipelines.render import _commit as commit_views
-
     victim = tmp_path / "victim.txt"
-    for kind, commit in (("shapes", commit_shapes), ("views", commit_views)):
+    for kind in ("shapes", "views"):
         victim.write_text("not zeroverse's")
         directory = tmp_path / kind / "a" / "b"
-        manifest = Manifest(kind, 0, {}, "x", [_record("../../../victim.txt")], [])
-        new = dict(_record(shard_name(kind, 0, 1)), failed=[])
+        manifest = Manifest(kind, 0, {}, "x", [ShardRecord.from_json(_record("../../../victim.txt"))], [])
+        new = ShardRecord.from_json(dict(_record(shard_name(kind, 0, 1)), failed=[]))
         with pytest.raises(ValueError, match="not a shard name"):
-            commit(manifest, directory, new)
+            manifest.commit(directory, new, [0, 1])
         assert victim.read_text() == "not zeroverse's", kind
 
 
 def test_shard_path_joins_only_shard_names(tmp_path):
-    assert shard_path(tmp_path, {"file": "views-000000008-000000015.parquet"}) == tmp_path / "views-000000008-000000015.parquet"
-    assert shard_path("s3://b/zv/views", {"file": "views-000000008-000000015.parquet"}) == "s3://b/zv/views/views-000000008-000000015.parquet"
+    good = ShardRecord.from_json(_record("views-000000008-000000015.parquet", 8, 15))
+    assert shard_path(tmp_path, good) == tmp_path / "views-000000008-000000015.parquet"
+    assert shard_path("s3://b/zv/views", good) == "s3://b/zv/views/views-000000008-000000015.parquet"
     for name in BAD_NAMES:
         with pytest.raises(ValueError, match="not a shard name"):
-            shard_path(tmp_path, {"file": name, "first": 0, "last": 1})
+            shard_path(tmp_path, ShardRecord.from_json(_record(name)))
 
 
 @pytest.mark.parametrize("command", ["generate", "render", "validate"])

@@ -70,17 +70,17 @@ def test_object_store_path_writes_the_same_bytes_and_leaves_no_temporary(referen
     target = fs.join(uri, "shapes", source.name)
     record = shards.write_shard(table, target, meta, row_group_rows=groups)
     assert fs.read_bytes(target) == source.read_bytes()  # the same bytes on any filesystem
-    assert record == local == {"file": source.name, "bytes": source.stat().st_size, "sha256": hashlib.sha256(source.read_bytes()).hexdigest()}
+    assert record == local == shards.WrittenShard(source.name, table.num_rows, source.stat().st_size, hashlib.sha256(source.read_bytes()).hexdigest())
     assert fs.list_files(fs.join(uri, "shapes")) == [source.name]  # the temporary object was moved away
     # A stray temporary (a crash mid-put) is swept and never listed.
     fs.put_atomically(fs.join(uri, "shapes", f".tmp-{source.name}-1-dead"), b"half")
     assert fs.remove_temporaries(fs.join(uri, "shapes")) == 1
     assert fs.list_files(fs.join(uri, "shapes")) == [source.name]
     # Manifests round-trip; a listed file with another size is noticed.
-    manifest = Manifest("shapes", 7, {}, "x", [dict(record, first=0, last=1, rows=2, shape_ids=[0, 1])], [])
-    manifest.save(fs.join(uri, "shapes"))
-    loaded = Manifest.load(fs.join(uri, "shapes"))
-    assert loaded.shards == manifest.shards
+    saved = manifest.Manifest("shapes", 7, {}, "x", [manifest.ShardRecord.of(record, 0, 1, [0, 1])], [])
+    saved.save(fs.join(uri, "shapes"))
+    loaded = manifest.Manifest.load(fs.join(uri, "shapes"))
+    assert loaded.shards == saved.shards
     assert manifest.listed_file_problem(fs.join(uri, "shapes"), loaded.shards[0], verify=True) is None
     fs.put_atomically(target, source.read_bytes()[:100])
     assert "100 bytes" in manifest.listed_file_problem(fs.join(uri, "shapes"), loaded.shards[0])

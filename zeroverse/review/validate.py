@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from zeroverse.store.fs import Location, exists, is_dir, join, list_files, read_table, sha256_file
-from zeroverse.store.manifest import Manifest
+from zeroverse.store.manifest import Manifest, ShardRecord, views_per_shape
 from zeroverse.store.shards import SHAPE_SCHEMA, VIEW_SCHEMA, shard_path
 
 
@@ -28,12 +28,12 @@ class ValidationReport:
         return not self.problems
 
 
-def _open_checked(directory: Location, shard: dict, schema, report: ValidationReport):
+def _open_checked(directory: Location, shard: ShardRecord, schema, report: ValidationReport):
     path = shard_path(directory, shard)
     if not exists(path):
         report.problems.append(f"{path}: listed in the manifest but missing")
         return None
-    if "sha256" in shard and sha256_file(path) != shard["sha256"]:
+    if shard.sha256 is not None and sha256_file(path) != shard.sha256:
         report.problems.append(f"{path}: content differs from the manifest's sha256 (corrupt or replaced)")
         return None
     try:
@@ -45,8 +45,8 @@ def _open_checked(directory: Location, shard: dict, schema, report: ValidationRe
     if missing:
         report.problems.append(f"{path}: missing columns {missing}")
         return None
-    if table.num_rows != shard["rows"]:
-        report.problems.append(f"{path}: {table.num_rows} rows, manifest says {shard['rows']}")
+    if table.num_rows != shard.rows:
+        report.problems.append(f"{path}: {table.num_rows} rows, manifest says {shard.rows}")
     return table
 
 
@@ -66,7 +66,7 @@ def validate_shapes(directory: Location, report: ValidationReport) -> None:
             f = np.asarray(row["faces"], np.int64).reshape(-1, 3)
             uv = np.asarray(row["uvs"], np.float32)
             regions = np.asarray(row["face_regions"])
-            where = f"{join(directory, shard['file'])} shape {sid}"
+            where = f"{join(directory, shard.file)} shape {sid}"
             if not np.all(np.isfinite(v)) or np.abs(v).max(initial=0) > 1.0 + 1e-5:
                 report.problems.append(f"{where}: vertices not finite or outside [-1, 1]^3")
             if len(f) == 0 or f.min() < 0 or f.max() >= len(v):
@@ -77,18 +77,6 @@ def validate_shapes(directory: Location, report: ValidationReport) -> None:
                 report.problems.append(f"{where}: face regions do not match region_textures")
 
 
-def _rendered_views_per_shape(config: dict) -> int | None:
-    """Views per shape that the rig recorded in a views manifest's config asks for."""
-    from zeroverse.scene.cameras import EVAL_INPUT_AZIMUTHS, EVAL_TARGET_AZIMUTHS, EVAL_TARGET_ELEVATIONS
-
-    rig = config.get("rig") if isinstance(config, dict) else None
-    if not isinstance(rig, dict) or "num_views" not in rig:
-        return None
-    per_ring = int(rig.get("eval_targets_per_ring", EVAL_TARGET_AZIMUTHS))
-    n = len(EVAL_INPUT_AZIMUTHS) + per_ring * len(EVAL_TARGET_ELEVATIONS) if rig.get("kind") == "eval" else int(rig["num_views"])
-    return n + (1 if rig.get("bev") else 0)
-
-
 def validate_views(directory: Location, report: ValidationReport, expected_views: int | None = None) -> None:
     from PIL import Image
 
@@ -96,7 +84,7 @@ def validate_views(directory: Location, report: ValidationReport, expected_views
     if manifest is None:
         return
     if expected_views is None:  # "as rendered": a shard that lost a view must not pass
-        expected_views = _rendered_views_per_shape(manifest.config)
+        expected_views = views_per_shape(manifest.config)
     for shard in manifest.shards:
         table = _open_checked(directory, shard, VIEW_SCHEMA, report)
         if table is None:
@@ -141,8 +129,8 @@ def validate_views(directory: Location, report: ValidationReport, expected_views
                 report.problems.append(f"{path} shape {sid}: {n} views, expected {expected_views}")
             elif sorted(indices[sid]) != list(range(n)):
                 report.problems.append(f"{path} shape {sid}: view indices {sorted(indices[sid])}, expected 0..{n - 1} once each")
-        if sorted(counts) != sorted(shard["shape_ids"]):
-            report.problems.append(f"{path}: shapes {sorted(counts)} differ from the manifest's {shard['shape_ids']}")
+        if sorted(counts) != sorted(shard.shape_ids):
+            report.problems.append(f"{path}: shapes {sorted(counts)} differ from the manifest's {list(shard.shape_ids)}")
 
 
 def validate_root(root: Location, expected_views: int | None = None) -> ValidationReport:
@@ -164,7 +152,7 @@ def validate_root(root: Location, expected_views: int | None = None) -> Validati
         manifest = Manifest.load(directory)
         if manifest is None:
             continue
-        listed = {s["file"] for s in manifest.shards}
+        listed = {s.file for s in manifest.shards}
         for stray in [name for name in list_files(directory) if name.endswith(".parquet") and name not in listed]:
             report.notes.append(f"{join(directory, stray)}: not in the manifest (left by an interrupted run; readers ignore it)")
     validate_shapes(shapes, report)
@@ -179,10 +167,10 @@ def validate_root(root: Location, expected_views: int | None = None) -> Validati
 def report_failures(directory: Location, manifest: Manifest, stage: str, report: ValidationReport, most: int = 20) -> None:
     """Shapes the manifest's failure ledger lists are missing from the root: a problem each (the
     first `most`, then a count), so a root with holes never validates as OK."""
-    failures = sorted(manifest.failures, key=lambda f: f["shape_id"])
+    failures = sorted(manifest.failures, key=lambda f: f.shape_id)
     where = Manifest.path(directory)
     for failure in failures[:most]:
-        report.problems.append(f"{where}: shape {failure['shape_id']} failed and is missing: {failure['reason']}")
+        report.problems.append(f"{where}: shape {failure.shape_id} failed and is missing: {failure.reason}")
     if len(failures) > most:
         report.problems.append(f"{where}: ... and {len(failures) - most} more failed shapes (see its 'failures')")
     if failures:

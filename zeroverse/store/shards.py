@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -68,13 +69,14 @@ def shard_name(kind: str, first: int, last: int) -> str:
 SHARD_FILE = re.compile(r"(shapes|views)-[0-9]{9}-[0-9]{9}\.parquet")
 
 
-def shard_path(directory: Location, shard: dict[str, Any]) -> Location:
-    """The file of a listed shard, `directory`/`shard["file"]`, once the name is known to be a
-    shard name (Manifest.load has refused any other; this guards records made in memory)."""
-    name = shard.get("file")
+def shard_path(directory: Location, shard: Any) -> Location:
+    """The file of a listed shard (a manifest ShardRecord), `directory`/`shard.file`, once the
+    name is known to be a shard name (Manifest.load has refused any other; this guards records
+    made in memory)."""
+    name = getattr(shard, "file", None)
     if not isinstance(name, str) or not SHARD_FILE.fullmatch(name):
         raise ValueError(
-            f"{join(directory, MANIFEST_NAME)}: the shard entry for shapes {shard.get('first')}..{shard.get('last')} names "
+            f"{join(directory, MANIFEST_NAME)}: the shard entry for shapes {getattr(shard, 'first', '?')}..{getattr(shard, 'last', '?')} names "
             f"the file {name!r}, which is not a shard name; nothing was read or deleted"
         )
     return join(directory, name)
@@ -101,9 +103,18 @@ def file_metadata(kind: str, config: dict[str, Any], seed: int, extra: dict[str,
     return {k.encode(): v.encode() for k, v in meta.items()}
 
 
-def write_shard(table: pa.Table, path: Location, metadata: dict[bytes, bytes], row_group_rows: list[int] | None = None) -> dict[str, Any]:
-    """Writes `table` to `path` atomically (put_atomically) and returns its record (bytes,
-    sha256). `row_group_rows` splits rows into row groups (one per shape for views); default:
+@dataclass(frozen=True)
+class WrittenShard:
+    """What write_shard put in place: the file's name, rows, size and sha256."""
+
+    file: str
+    rows: int
+    bytes: int
+    sha256: str
+
+
+def write_shard(table: pa.Table, path: Location, metadata: dict[bytes, bytes], row_group_rows: list[int] | None = None) -> WrittenShard:
+    """Writes `table` to `path` atomically (put_atomically) and says what it wrote. `row_group_rows` splits rows into row groups (one per shape for views); default:
     the whole table in one row group. The file is encoded in memory first: its sha256 is known
     before anything is written, and an object store receives it in one piece."""
     table = table.replace_schema_metadata(metadata)
@@ -118,4 +129,4 @@ def write_shard(table: pa.Table, path: Location, metadata: dict[bytes, bytes], r
                 start += rows
     data = sink.getvalue()
     put_atomically(path, data)
-    return {"file": name_of(path), "bytes": data.size, "sha256": hashlib.sha256(memoryview(data)).hexdigest()}
+    return WrittenShard(name_of(path), table.num_rows, data.size, hashlib.sha256(memoryview(data)).hexdigest())
