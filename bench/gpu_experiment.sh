@@ -43,16 +43,16 @@ if [ -z "${PY312:-}" ]; then  # the system Python with torch; gsplat and tqdm go
 fi
 
 eval_views() {  # held-out procedural shapes and gso25 with the GSO protocol (eval rig)
-  $PY311 -m pipelines.local_pool generate --root "$W/heldout" --n "$HELDOUT" --seed 1 --shard-size 64 --processes 4
-  $PY311 -m pipelines.local_pool render --root "$W/heldout" --rig eval --targets-per-ring "$TARGETS" --resolution "$EVAL_RES" --engine "$ENGINE" --processes 4 --shapes-per-shard 8
-  $PY311 -m pipelines.local_pool real --src "$GSO" --root "$W/gso" --resolution "$EVAL_RES" --engine "$ENGINE" --targets-per-ring "$TARGETS" --processes 1
+  $PY311 -m zeroverse.cli generate --backend processes --no-progress --root "$W/heldout" --n "$HELDOUT" --seed 1 --shard-size 64 --workers 4
+  $PY311 -m zeroverse.cli render --backend processes --no-progress --root "$W/heldout" --rig eval --targets-per-ring "$TARGETS" --resolution "$EVAL_RES" --engine "$ENGINE" --workers 4 --shapes-per-shard 8
+  $PY311 -m zeroverse.cli render --backend processes --no-progress --real "$GSO" --root "$W/gso" --resolution "$EVAL_RES" --engine "$ENGINE" --targets-per-ring "$TARGETS" --workers 1
 }
 
 case "$phase" in
 data)
   t0=$(date +%s)
-  $PY311 -m pipelines.local_pool generate --root "$W/data" --n "$N" --shard-size 64 --processes "$(nproc)"
-  $PY311 -m pipelines.local_pool render --root "$W/data" --views "$VIEWS" --resolution "$RES" --engine "$ENGINE" --processes "$PROCS" --shapes-per-shard 16
+  $PY311 -m zeroverse.cli generate --backend processes --no-progress --root "$W/data" --n "$N" --shard-size 64 --workers "$(nproc)"
+  $PY311 -m zeroverse.cli render --backend processes --no-progress --root "$W/data" --views "$VIEWS" --resolution "$RES" --engine "$ENGINE" --workers "$PROCS" --shapes-per-shard 16
   echo "data: $N shapes x $VIEWS views at ${RES}² ($ENGINE, $PROCS processes) in $(( $(date +%s) - t0 )) s" | tee "$OUT/data.txt"
   ;;
 train)
@@ -68,11 +68,11 @@ g3r)
   cat > "$W/g3r.sh" <<EOS
 set -x
 t0=\$(date +%s)
-$PY311 -m pipelines.local_pool generate --root "$W/g3rdata" --n "$G3R_N" --seed 2 --shard-size 64 --processes 4
-$PY311 -m pipelines.local_pool render --root "$W/g3rdata" --views 40 --resolution "$G3R_RES" --engine "$ENGINE" --processes "$G3R_PROCS" --shapes-per-shard 8
-$PY311 -m pipelines.local_pool generate --root "$W/g3rheld" --n "$G3R_SHAPES" --seed 1 --shard-size 64 --processes 4
-$PY311 -m pipelines.local_pool render --root "$W/g3rheld" --views 40 --resolution "$G3R_RES" --engine "$ENGINE" --processes 4 --shapes-per-shard 8
-$PY311 -m pipelines.local_pool real --src "$GSO" --root "$W/g3rgso" --rig random --views 40 --resolution "$G3R_RES" --engine "$ENGINE" --processes 1
+$PY311 -m zeroverse.cli generate --backend processes --no-progress --root "$W/g3rdata" --n "$G3R_N" --seed 2 --shard-size 64 --workers 4
+$PY311 -m zeroverse.cli render --backend processes --no-progress --root "$W/g3rdata" --views 40 --resolution "$G3R_RES" --engine "$ENGINE" --workers "$G3R_PROCS" --shapes-per-shard 8
+$PY311 -m zeroverse.cli generate --backend processes --no-progress --root "$W/g3rheld" --n "$G3R_SHAPES" --seed 1 --shard-size 64 --workers 4
+$PY311 -m zeroverse.cli render --backend processes --no-progress --root "$W/g3rheld" --views 40 --resolution "$G3R_RES" --engine "$ENGINE" --workers 4 --shapes-per-shard 8
+$PY311 -m zeroverse.cli render --backend processes --no-progress --real "$GSO" --root "$W/g3rgso" --rig random --views 40 --resolution "$G3R_RES" --engine "$ENGINE" --workers 1
 echo "g3r data in \$(( \$(date +%s) - t0 )) s"
 $PY312 -m zeroverse.cli train-lrm --model g3r --root "$W/g3rdata" --preset "$G3R_PRESET" --out "$W/g3r" --steps "$G3R_STEPS" \
   --batch-size 2 --image-size "$G3R_RES" --warmup-steps 50 --unroll-warmup "$G3R_UNROLL_WARMUP" --lr "$G3R_LR" --max-minutes "$G3R_MINUTES" \
@@ -93,13 +93,13 @@ status)
   ;;
 render)  # the farm's own executor end to end (scene build + render + encode + Parquet write)
   GPUS=${GPUS:-0}; RPROCS=${RPROCS:-12}; RN=${RN:-256}; RVIEWS=${RVIEWS:-16}; RRES=${RRES:-512 256}
-  [ -f "$W/rb/shapes/manifest.json" ] || $PY311 -m pipelines.local_pool generate --root "$W/rb" --n "$RN" --shard-size 64 --processes "$(nproc)"
+  [ -f "$W/rb/shapes/manifest.json" ] || $PY311 -m zeroverse.cli generate --backend processes --no-progress --root "$W/rb" --n "$RN" --shard-size 64 --workers "$(nproc)"
   tag="gpus${GPUS//,/-}_p$RPROCS"
   nvidia-smi --query-gpu=index,utilization.gpu,memory.used --format=csv,noheader -l 2 > "$OUT/smi_$tag.csv" 2>/dev/null &
   smi=$!
   for R in $RRES; do
     rm -rf "$W/rb/views"
-    $PY311 -m pipelines.local_pool render --root "$W/rb" --views "$RVIEWS" --resolution $R --engine "$ENGINE" --processes "$RPROCS" \
+    $PY311 -m zeroverse.cli render --backend processes --no-progress --root "$W/rb" --views "$RVIEWS" --resolution $R --engine "$ENGINE" --workers "$RPROCS" \
       --shapes-per-shard 8 --gpus "$GPUS" --timings --json "$OUT/render_${R}_$tag.json" 2>/dev/null | sed "s/^/${R}² $tag: /" | tee -a "$OUT/render_e2e.txt"
   done
   kill $smi 2>/dev/null || true
@@ -107,7 +107,7 @@ render)  # the farm's own executor end to end (scene build + render + encode + P
     "$OUT/smi_$tag.csv" | tee -a "$OUT/render_e2e.txt"
   ;;
 bench)  # end-to-end EEVEE throughput at 512² for 1, 4 and 8 processes on this GPU
-  [ -n "${BENCH_ROOT:-}" ] || { BENCH_ROOT="$W/rb"; [ -f "$W/rb/shapes/manifest.json" ] || $PY311 -m pipelines.local_pool generate --root "$W/rb" --n "${RN:-256}" --shard-size 64 --processes "$(nproc)"; }
+  [ -n "${BENCH_ROOT:-}" ] || { BENCH_ROOT="$W/rb"; [ -f "$W/rb/shapes/manifest.json" ] || $PY311 -m zeroverse.cli generate --backend processes --no-progress --root "$W/rb" --n "${RN:-256}" --shard-size 64 --workers "$(nproc)"; }
   $PY311 bench/render.py --root "$BENCH_ROOT" --engine "$ENGINE" --resolution "${BENCH_RES:-512}" --views 16 --procs "${BENCH_PROCS:-1,4,8}" \
     --shards-per-proc 2 --shapes-per-shard 4 ${GPUS:+--gpus $GPUS} --json "$OUT/render_bench.json" | tee "$OUT/render_bench.txt"
   ;;

@@ -25,16 +25,6 @@ from zeroverse.store.fs import Location, join, make_dirs, read_metadata, remove_
 from zeroverse.store.manifest import Failure, Manifest, archive_version, differs, listed_file_problem, open_manifest, views_per_shape as rig_views_per_shape
 from zeroverse.store.shards import shard_path
 
-# Samples per pixel when none are asked for, per engine: Cycles denoises 8 samples well, EEVEE's
-# temporal samples need 16 for clean edges. Every render (farm, real objects for evaluation) uses this.
-DEFAULT_SAMPLES = {"cycles": 8, "eevee": 16, "workbench": 8}
-
-
-def default_samples(engine: str) -> int:
-    """Samples per pixel of a render that names none (`engine` resolved: not 'auto')."""
-    return DEFAULT_SAMPLES.get(engine, DEFAULT_SAMPLES["cycles"])
-
-
 DEFAULT_SHAPES_PER_SHARD = 8  # 32 views of 512² ≈ 20-40 MB a shape: shards of a few hundred MB
 
 

@@ -45,8 +45,8 @@ def make_root(root: Path) -> Path:
     """SHAPES generated shapes, in a process of its own (a pool spawned from a process that has
     imported bpy finds Blender's internal `bpy` package first)."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    args = ["generate", "--root", str(root), "--n", str(SHAPES), "--shard-size", str(SHAPES), "--processes", "2"]
-    subprocess.run([sys.executable, "-m", "pipelines.local_pool", *args], cwd=REPO, env=env, check=True, capture_output=True)
+    args = ["generate", "--backend", "processes", "--no-progress", "--root", str(root), "--n", str(SHAPES), "--shard-size", str(SHAPES), "--workers", "2"]
+    subprocess.run([sys.executable, "-m", "zeroverse.cli", *args], cwd=REPO, env=env, check=True, capture_output=True)
     return root
 
 

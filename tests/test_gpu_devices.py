@@ -109,8 +109,8 @@ def test_binding_hook_sets_the_environment_before_bpy_and_says_so():
 
 
 @pytest.mark.blender
-def test_local_pool_gpus_option_reaches_the_view_shards(tmp_path):
-    """`local_pool render --gpus 0,1` binds each process to one of the devices and every view
+def test_process_backend_gpus_option_reaches_the_view_shards(tmp_path):
+    """`zeroverse render --backend processes --gpus 0,1` binds each process to one of the devices and every view
     shard records the one that rendered it (on this CPU: Cycles, so the binding changes nothing
     else). Which process takes which shard is the pool's choice; the round-robin itself is
     test_pool_workers_go_round_robin_over_the_listed_devices."""
@@ -120,10 +120,10 @@ def test_local_pool_gpus_option_reaches_the_view_shards(tmp_path):
 
     env = {**{k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}, "PYTHONPATH": str(REPO)}
     root = tmp_path / "root"
-    pool = [sys.executable, "-m", "pipelines.local_pool"]
-    for args in (["generate", "--root", str(root), "--n", "3", "--shard-size", "3", "--processes", "1"],
-                 ["render", "--root", str(root), "--views", "1", "--resolution", "16", "--samples", "1", "--engine", "cycles",
-                  "--processes", "2", "--gpus", "0,1", "--shapes-per-shard", "1"]):  # fmt: skip
+    pool = [sys.executable, "-m", "zeroverse.cli"]
+    for args in (["generate", "--backend", "processes", "--no-progress", "--root", str(root), "--n", "3", "--shard-size", "3", "--workers", "1"],
+                 ["render", "--backend", "processes", "--no-progress", "--root", str(root), "--views", "1", "--resolution", "16",
+                  "--samples", "1", "--engine", "cycles", "--workers", "2", "--gpus", "0,1", "--shapes-per-shard", "1"]):  # fmt: skip
         proc = subprocess.run(pool + args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
     shards = sorted((root / "views").glob("views-*.parquet"))

@@ -127,7 +127,8 @@ def render(num_views, root, real_dir, rig, layout_views, targets_per_ring, resol
     """Render ROOT's shapes (or --real objects) into ROOT/views/*.parquet (RGBA, depth, normals, cameras)."""
     import dataclasses
 
-    from pipelines.render import default_samples, resolve_engine, run_render
+    from pipelines.render import resolve_engine, run_render
+    from zeroverse.scene.render_settings import default_samples
     from zeroverse.scene.gpu_devices import parse_gpu_list
     from zeroverse.store.fs import join
 
