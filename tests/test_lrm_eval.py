@@ -18,11 +18,10 @@ from PIL import Image
 
 from synthetic_views import write_view_shards
 from zeroverse.lrm.checkpoint import load_model, save_checkpoint
+from zeroverse.cli.eval_views import evaluate_procedural, evaluate_real
 from zeroverse.lrm.evaluate import (
     LPIPS_SKIPPED,
     evaluate,
-    evaluate_procedural,
-    evaluate_real,
     export_ply_from_checkpoint,
     predict_gaussians,
 )
