@@ -19,12 +19,8 @@ from PIL import Image
 from synthetic_views import write_view_shards
 from zeroverse.lrm.checkpoint import load_model, save_checkpoint
 from zeroverse.cli.eval_views import evaluate_procedural, evaluate_real
-from zeroverse.lrm.evaluate import (
-    LPIPS_SKIPPED,
-    evaluate,
-    export_ply_from_checkpoint,
-    predict_gaussians,
-)
+from zeroverse.lrm.evaluate import LPIPS_SKIPPED, evaluate
+from zeroverse.lrm.export import export_ply_from_checkpoint, predict_gaussians
 from zeroverse.lrm.ply import read_ply
 from zeroverse.lrm.train import TrainConfig, train
 

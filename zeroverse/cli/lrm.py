@@ -13,6 +13,7 @@ import click
 from zeroverse.cli import main
 from zeroverse.cli.common import DEFAULT_ROOT, check_writable, fail, positive
 
+
 def _config_option(cls, name: str, *decls: str, shown: bool = True, **kwargs):
     """A click option for field `name` of a training config: flag `--name`, its default (shown
     in --help) and help text from the dataclass, so no default is written twice. shown=False:
@@ -298,7 +299,7 @@ def eval_cmd(checkpoint, real_dir, root, views_root, out, resolution, targets_pe
 @click.option("--device", default="auto", show_default=True)
 def export_ply(checkpoint, views_root, index, out, device) -> None:
     """Predict Gaussians for one shape and write them as a 3DGS .ply that splat viewers open."""
-    from zeroverse.lrm.evaluate import export_ply_from_checkpoint
+    from zeroverse.lrm.export import export_ply_from_checkpoint
 
     try:
         check_writable(out, "--out")

@@ -165,7 +165,6 @@ class TrainConfig(RunConfig):
             raise ValueError(f"model_options {sorted(unknown)} are not GS-LRM settings; choose from {sorted(known)}")
 
 
-
 @dataclass(frozen=True)
 class G3RTrainConfig(RunConfig):
     model: str = "g3r"

@@ -8,7 +8,8 @@ gives pretrained VGG16/LPIPS weights, LPIPS. Without weights LPIPS is reported a
 the reason; random weights are never used.
 
     evaluate(checkpoint, views_root, out_dir)          # a views root rendered with the eval rig
-    export_ply_from_checkpoint(checkpoint, views_root, 0, "shape0.ply")
+
+(export.py predicts one shape's Gaussians from such a root and writes them as .ply.)
 
 Evaluation only scores: making the views root (real meshes, held-out procedural shapes) is a
 farm job (`zeroverse render --real DIR`, `zeroverse render --rig eval`); `zeroverse eval --real /
@@ -41,8 +42,7 @@ from torch import Tensor
 
 from . import losses, metrics
 from .checkpoint import load_model_with_info
-from .gslrm import GSLRM, Gaussians, GSLRMConfig
-from .ply import export_ply
+from .gslrm import GSLRM, GSLRMConfig
 from .eval_report import (
     ATTRIBUTION_FILE,
     EvalResult,
@@ -72,16 +72,6 @@ LPIPS_SKIPPED = (
 # --------------------------------------------------------------------------------------------
 # Results
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class PlyExport:
-    path: Path
-    shape_id: int
-    name: str
-    num_gaussians: int
-    view_sampling: str  # "eval" (the 4 eval-rig inputs) or "random" (seeded random views)
-    view_ids: list[int]
 
 
 # --------------------------------------------------------------------------------------------
@@ -135,7 +125,7 @@ def load_for_eval(checkpoint: str | os.PathLike, device: str | torch.device = "a
 
 
 @dataclass
-class _ViewsScan:
+class ViewsScan:
     """Roles and sizes of every shape a views root lists (tiny columns only, no images)."""
 
     views_dir: Path
@@ -151,7 +141,7 @@ class _ViewsScan:
         return any(self.inputs.values())
 
 
-def _scan_views(views_root: str | os.PathLike) -> _ViewsScan:
+def scan_views(views_root: str | os.PathLike) -> ViewsScan:
     import pyarrow.parquet as pq
 
     from zeroverse.data.dataset import resolve_views_dir
@@ -177,10 +167,10 @@ def _scan_views(views_root: str | os.PathLike) -> _ViewsScan:
             inputs[sid] = inputs.get(sid, 0) + (role == "input")
             targets[sid] = targets.get(sid, 0) + (role == "target")
             sizes.add((int(h), int(w)))
-    return _ViewsScan(views_dir, manifest, inputs, targets, perspective, sizes, roles)
+    return ViewsScan(views_dir, manifest, inputs, targets, perspective, sizes, roles)
 
 
-def _eval_rig_error(scan: _ViewsScan) -> ValueError:
+def eval_rig_error(scan: ViewsScan) -> ValueError:
     return ValueError(
         f"{scan.views_dir} holds no eval-rig views (no view has role 'input'; roles found: {sorted(scan.roles)}). "
         "Evaluation needs the GSO rig (4 inputs at elevation 20°, azimuths 45/135/225/315°, target rings): render "
@@ -189,7 +179,7 @@ def _eval_rig_error(scan: _ViewsScan) -> ValueError:
     )
 
 
-def _check_resolution(resolution: int, cfg: GSLRMConfig, sizes: set[tuple[int, int]], where: Path) -> None:
+def check_resolution(resolution: int, cfg: GSLRMConfig, sizes: set[tuple[int, int]], where: Path) -> None:
     if isinstance(resolution, bool) or not isinstance(resolution, (int, np.integer)) or resolution < MIN_RESOLUTION:
         raise ValueError(f"resolution={resolution!r}: use an integer >= {MIN_RESOLUTION}")
     if resolution % cfg.patch_size:
@@ -210,7 +200,7 @@ def _check_resolution(resolution: int, cfg: GSLRMConfig, sizes: set[tuple[int, i
         )
 
 
-def _names(manifest: Any, shape_ids: Sequence[int]) -> dict[int, str]:
+def object_names(manifest: Any, shape_ids: Sequence[int]) -> dict[int, str]:
     """Real-object roots list their objects (by shape id) in the manifest config."""
     objects = (manifest.config or {}).get("objects") if isinstance(manifest.config, dict) else None
     names = {}
@@ -286,10 +276,10 @@ def score_views(
             raise ValueError(f"{name}={value!r}: use an integer >= {low}")
     cfg = loaded.cfg
     res = cfg.image_size if resolution is None else resolution
-    scan = _scan_views(views_root)
+    scan = scan_views(views_root)
     if not scan.has_eval_rig:
-        raise _eval_rig_error(scan)
-    _check_resolution(res, cfg, scan.sizes, scan.views_dir)
+        raise eval_rig_error(scan)
+    check_resolution(res, cfg, scan.sizes, scan.views_dir)
     eval_shapes = {sid: n for sid, n in scan.inputs.items() if n}
     fewest_inputs = min(eval_shapes.values())
     if num_input_views > fewest_inputs:
@@ -305,7 +295,7 @@ def score_views(
         channels=("rgb",), background="white", view_sampling="eval",
     )
     shape_ids = dataset.shape_ids[:limit]
-    names = _names(scan.manifest, shape_ids)
+    names = object_names(scan.manifest, shape_ids)
     subset = Subset(dataset, range(len(shape_ids)))
     loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=0, collate_fn=collate)
 
@@ -416,79 +406,12 @@ def score_views(
     return result
 
 
-# --------------------------------------------------------------------------------------------
-# .ply export
-# --------------------------------------------------------------------------------------------
-
-
-def predict_gaussians(
-    model: GSLRM,
-    images: Tensor,  # [B, V, 3, H, W] in [0, 1]
-    c2w: Tensor,  # [B, V, 4, 4]
-    K: Tensor,  # [B, V, 3, 3]
-) -> Gaussians:
-    """The model's Gaussians [B, V*H*W] in float32 (bf16 autocast on CUDA only)."""
-    dev = next(model.parameters()).device
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else nullcontext()
-    with torch.no_grad(), amp:
-        g = model(images.to(dev), c2w.to(dev), K.to(dev))
-    return g.to(dtype=torch.float32)
-
-
-def export_ply_from_checkpoint(
-    checkpoint: str | os.PathLike,
-    views_root: str | os.PathLike,
-    shape_index: int,
-    out_path: str | os.PathLike,
-    num_input_views: int = 4,
-    view_sampling: str = "auto",
-    resolution: int | None = None,
-    device: str = "auto",
-) -> PlyExport:
-    """Predicts the Gaussians of item `shape_index` (position in the root's sorted shape ids) and
-    writes them as a standard 3DGS .ply: num_input_views x H x W Gaussians (no pruning).
-
-    view_sampling: "eval" (the eval rig's input views), "random" (seeded random views, seed 0;
-    any rig) or "auto" (eval when the root was rendered with the eval rig).
-    """
-    from zeroverse.data import ViewDataset
-
-    if view_sampling not in ("auto", "eval", "random"):
-        raise ValueError(f"view_sampling={view_sampling!r}: use 'auto', 'eval' or 'random'")
-    if isinstance(num_input_views, bool) or not isinstance(num_input_views, (int, np.integer)) or num_input_views < 1:
-        raise ValueError(f"num_input_views={num_input_views!r}: use an integer >= 1")
-    loaded = load_for_eval(checkpoint, device)
-    scan = _scan_views(views_root)
-    if view_sampling == "auto":
-        view_sampling = "eval" if scan.has_eval_rig else "random"
-    if view_sampling == "eval" and not scan.has_eval_rig:
-        raise _eval_rig_error(scan)
-    res = loaded.cfg.image_size if resolution is None else resolution
-    _check_resolution(res, loaded.cfg, scan.sizes, scan.views_dir)
-    dataset = ViewDataset(scan.views_dir, num_input_views=num_input_views, num_target_views=0, resolution=res,
-                          channels=("rgb",), background="white", view_sampling=view_sampling)
-    if isinstance(shape_index, bool) or not isinstance(shape_index, (int, np.integer)) or not 0 <= shape_index < len(dataset):
-        raise ValueError(
-            f"shape_index={shape_index!r}: {scan.views_dir} holds {len(dataset)} shapes; use 0..{len(dataset) - 1} "
-            f"(shape ids {dataset.shape_ids[0]}..{dataset.shape_ids[-1]})"
-        )
-    item = dataset[int(shape_index)]
-    g = predict_gaussians(loaded.model, item["images"][None], item["c2w"][None], item["K"][None])
-    sid = int(item["shape_id"])
-    path = export_ply(g[0], out_path)
-    return PlyExport(path=Path(path), shape_id=sid, name=_names(scan.manifest, [sid])[sid], num_gaussians=g.num,
-                     view_sampling=view_sampling, view_ids=item["view_ids"].tolist())
-
-
 __all__ = [
     "EvalResult",
     "LoadedCheckpoint",
     "ObjectMetrics",
-    "PlyExport",
     "checkpoint_path",
     "evaluate",
-    "export_ply_from_checkpoint",
     "load_for_eval",
-    "predict_gaussians",
     "score_views",
 ]
