@@ -13,7 +13,8 @@ weights are given, MSE + ssim_weight * (1 - SSIM) with a warning: random VGG wei
 used. Outputs in `out`: run.json (configs), metrics.jsonl (always), TensorBoard events (when
 tensorboard is installed), images/step-*.png (inputs / targets / predictions),
 ckpt-<step>.pt and latest.pt (weights_only-loadable; `resume=True` continues from latest.pt
-and reproduces the same next-step loss on CPU).
+and reproduces the same next-step loss on CPU). What a run is beyond the model (run folder,
+checkpoints, data order, logging) lives in run.py, shared with G3R; the config in config.py.
 """
 
 from __future__ import annotations
