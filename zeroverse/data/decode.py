@@ -23,7 +23,6 @@ Example:
 from __future__ import annotations
 
 import io
-import math
 
 import numpy as np
 import torch
