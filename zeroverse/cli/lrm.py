@@ -269,7 +269,7 @@ def refine(checkpoint, root, index, steps, turbo, source_views, heldout_views, o
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def eval_cmd(checkpoint, real_dir, root, views_root, out, resolution, targets_per_ring, limit, lpips_weights, model_resolution, device, progress) -> None:
     """Evaluate a GS-LRM checkpoint: PSNR/SSIM (LPIPS with weights) per object, table and picture grid."""
-    from zeroverse.cli.eval_views import evaluate_procedural, evaluate_real
+    from zeroverse.cli.eval_views import EvalRender, evaluate_procedural, evaluate_real
     from zeroverse.lrm.evaluate import checkpoint_path, evaluate
 
     chosen = [x for x in (real_dir, root, views_root) if x is not None]
@@ -279,10 +279,11 @@ def eval_cmd(checkpoint, real_dir, root, views_root, out, resolution, targets_pe
         ckpt = checkpoint_path(checkpoint)
         out = out or ckpt.parent / "eval"
         common = dict(lpips_weights=lpips_weights, device=device, progress=progress)
+        render = EvalRender(resolution=resolution, targets_per_ring=targets_per_ring)
         if real_dir is not None:
-            result = evaluate_real(ckpt, real_dir, out, resolution=resolution, targets_per_ring=targets_per_ring, limit=limit, **common)
+            result = evaluate_real(ckpt, real_dir, out, render, limit=limit, **common)
         elif root is not None:
-            result = evaluate_procedural(ckpt, root, out, resolution=resolution, targets_per_ring=targets_per_ring, limit=limit or 100, **common)
+            result = evaluate_procedural(ckpt, root, out, render, limit=limit or 100, **common)
         else:
             result = evaluate(ckpt, views_root, out, limit=limit, resolution=model_resolution, **common)
     except ValueError as err:
