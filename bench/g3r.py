@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 from zeroverse.lrm import g3r, losses, metrics  # noqa: E402
 from zeroverse.lrm.baseline_3dgs import AdamConfig, optimize_adam  # noqa: E402
 from zeroverse.lrm.g3r_train import G3RTrainConfig, load_g3r, train_g3r  # noqa: E402
-from zeroverse.lrm.train import _resolve_device  # noqa: E402
+from zeroverse.lrm.run import resolve_device  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:
@@ -104,7 +104,7 @@ def main() -> int:
     ap.add_argument("--json", type=Path, default=None, help="also write per-shape results here")
     args = ap.parse_args()
 
-    device = _resolve_device(args.device)
+    device = resolve_device(args.device)
     args.device = str(device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True

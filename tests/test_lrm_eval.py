@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,15 +18,10 @@ import torch
 from PIL import Image
 
 from synthetic_views import write_view_shards
+from zeroverse.cli.eval_views import EvalRender, evaluate_procedural, evaluate_real
 from zeroverse.lrm.checkpoint import load_model, save_checkpoint
-from zeroverse.lrm.evaluate import (
-    LPIPS_SKIPPED,
-    evaluate,
-    evaluate_procedural,
-    evaluate_real,
-    export_ply_from_checkpoint,
-    predict_gaussians,
-)
+from zeroverse.lrm.evaluate import LPIPS_SKIPPED, evaluate
+from zeroverse.lrm.export import export_ply_from_checkpoint, predict_gaussians
 from zeroverse.lrm.ply import read_ply
 from zeroverse.lrm.train import TrainConfig, train
 
@@ -178,7 +174,8 @@ def test_evaluate_real_gso_objects(tmp_path, ckpt):
     if not (GSO25 / "objects").is_dir():
         pytest.skip(f"{GSO25} is not available")
     out = tmp_path / "real"
-    kw = dict(resolution=RES, targets_per_ring=1, samples=2, limit=2, engine="cycles", progress=False)
+    render = EvalRender(resolution=RES, targets_per_ring=1, samples=2, engine="cycles")
+    kw = dict(render=render, limit=2, progress=False)
     result = evaluate_real(ckpt, GSO25, out, **kw)
     names = sorted(p.name for p in (GSO25 / "objects").iterdir() if (p / "model.obj").is_file())[:2]
     assert [o.name for o in result.objects] == names
@@ -197,9 +194,9 @@ def test_evaluate_real_gso_objects(tmp_path, ckpt):
     assert again.psnr == pytest.approx(result.psnr)
     # other render settings into the same cache are refused with the fix
     with pytest.raises(ValueError, match="another cache_root"):
-        evaluate_real(ckpt, GSO25, out, **{**kw, "samples": 3})
+        evaluate_real(ckpt, GSO25, out, **{**kw, "render": replace(render, samples=3)})
     with pytest.raises(ValueError, match="render resolution 16 is below"):
-        evaluate_real(ckpt, GSO25, tmp_path / "low", **{**kw, "resolution": 16})
+        evaluate_real(ckpt, GSO25, tmp_path / "low", **{**kw, "render": replace(render, resolution=16)})
 
 
 @pytest.mark.blender
@@ -212,8 +209,8 @@ def test_evaluate_procedural_held_out_shapes(tmp_path, ckpt, ray_local):
     bank = prepare_bank(shapes_root, None, 1024)
     run_generate(GenerateConfig(root=shapes_root, n=3, seed=7, shard_size=4, textures=bank.describe()), progress=False)
     out = tmp_path / "proc"
-    result = evaluate_procedural(ckpt, shapes_root, out, resolution=RES, targets_per_ring=1, samples=2, limit=2,
-                                 engine="cycles", progress=False)
+    render = EvalRender(resolution=RES, targets_per_ring=1, samples=2, engine="cycles")
+    result = evaluate_procedural(ckpt, shapes_root, out, render, limit=2, progress=False)
     assert [o.name for o in result.objects] == ["shape 0", "shape 1"]
     assert all(o.num_targets == 4 and _finite(o.psnr) for o in result.objects)
     assert (out / "procedural_views" / "shapes").is_symlink() and (out / "metrics.md").is_file()

@@ -218,7 +218,8 @@ def test_layout_views_follow_the_evaluation_layout():
 
 
 def test_mixed_sampling_gives_a_share_of_samples_layout_inputs():
-    from zeroverse.data.dataset import ShapeEntry, ViewConfig, ViewReader
+    from zeroverse.data.config import ViewConfig
+    from zeroverse.data.dataset import ShapeEntry, ViewReader
 
     roles = ["layout"] * 4 + ["view"] * 8
     views = np.arange(12)

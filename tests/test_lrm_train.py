@@ -206,7 +206,7 @@ def test_perceptual_loss_with_given_weights(tmp_path, scenes):
 def test_run_sampler_resumes_mid_epoch_and_covers_each_epoch_once():
     from itertools import islice
 
-    from zeroverse.lrm.train import EpochItems, RunSampler
+    from zeroverse.lrm.run import EpochItems, RunSampler
 
     n, batch = 10, 3  # 3 whole batches per epoch; one sample per epoch is left out
     full = list(islice(iter(RunSampler(n, seed=5, rank=0, world=1, batch_size=batch, step=0)), 5 * 9))

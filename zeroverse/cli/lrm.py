@@ -13,83 +13,148 @@ import click
 from zeroverse.cli import main
 from zeroverse.cli.common import DEFAULT_ROOT, check_writable, fail, positive
 
+
+def _config_option(cls, name: str, *decls: str, shown: bool = True, **kwargs):
+    """A click option for field `name` of a training config: flag `--name`, its default (shown
+    in --help) and help text from the dataclass, so no default is written twice. shown=False:
+    the flag defaults to None (the model's own default then applies; the help text names it)."""
+    from dataclasses import MISSING, fields
+
+    f = {f.name: f for f in fields(cls)}[name]
+    default = f.default if f.default is not MISSING else None
+    flag = "--" + name.replace("_", "-")
+    if f.type == "bool":
+        if default:
+            decls = decls or (f"{flag}/--no-{flag[2:]}",)
+        else:
+            kwargs.setdefault("is_flag", True)
+    elif "type" not in kwargs:
+        kwargs["type"] = next((t for t in (int, float, str) if str(f.type).startswith(t.__name__)), None)
+    shown_default = {True: "on", False: "off"}.get(default, default) if isinstance(default, bool) else default
+    help_text = f.metadata.get("help")
+    if help_text and "help" not in kwargs:
+        kwargs["help"] = help_text.format(default=shown_default)
+    if shown and not kwargs.get("is_flag"):
+        kwargs.setdefault("default", default)
+        kwargs.setdefault("show_default", True)
+    elif not kwargs.get("is_flag"):
+        kwargs.setdefault("default", None)
+    return click.option(*(decls or (flag,)), **kwargs)
+
+
+def _train_options(command):
+    """train-lrm's flags, from TrainConfig (GS-LRM, whose defaults the shared flags show) and
+    G3RTrainConfig (the g3r-only flags); applied bottom-up, so listed here in --help order."""
+    from zeroverse.lrm.config import G3RTrainConfig as G
+    from zeroverse.lrm.config import TrainConfig as T
+
+    gs = dict(shown=False)
+    options = [
+        _config_option(T, "root", type=click.Path(path_type=Path), default=DEFAULT_ROOT),
+        _config_option(T, "model", type=click.Choice(["gs-lrm", "g3r"])),
+        _config_option(T, "preset", type=click.Choice(["tiny", "small", "base"])),
+        _config_option(T, "out", type=click.Path(path_type=Path), default=Path("runs/gslrm")),
+        _config_option(T, "steps", callback=positive),
+        _config_option(T, "batch_size", callback=positive),
+        _config_option(T, "lr"),
+        _config_option(T, "warmup_steps"),
+        _config_option(T, "weight_decay"),
+        _config_option(T, "grad_clip"),
+        _config_option(T, "image_size", callback=positive),
+        _config_option(T, "num_input_views", shown=False, callback=positive,
+                       help=f"Default: gs-lrm {_default(T, 'num_input_views')}, g3r {_default(G, 'num_input_views')} source views."),
+        _config_option(T, "num_target_views", shown=False, callback=positive),
+        _config_option(G, "unroll_steps", shown=False, callback=positive),
+        _config_option(G, "turbo_steps", shown=False, callback=positive),
+        _config_option(G, "num_points", shown=False, callback=positive),
+        _config_option(G, "unroll_warmup", shown=False),
+        _config_option(T, "bf16"),
+        _config_option(T, "grad_checkpointing"),
+        _config_option(T, "perceptual_weights", type=click.Path(exists=True, dir_okay=False)),
+        _config_option(T, "log_every", callback=positive),
+        _config_option(T, "image_every", callback=positive),
+        _config_option(T, "ckpt_every", callback=positive),
+        _config_option(T, "num_workers"),
+        _config_option(T, "seed"),
+        _config_option(T, "device"),
+        _config_option(T, "resume"),
+        _config_option(T, "max_minutes"),
+        _config_option(T, "depth_weight", **gs),
+        _config_option(T, "depth_weight_end", **gs),
+        _config_option(T, "depth_decay", **gs),
+        _config_option(T, "alpha_weight", **gs),
+        _config_option(T, "low_res", **gs),
+        _config_option(T, "low_res_until", **gs),
+        _config_option(T, "supervise_inputs", **gs),
+        _config_option(T, "view_sampling", type=click.Choice(["random", "mixed"]), **gs),
+        _config_option(T, "layout_share", **gs),
+        _config_option(T, "schedule", type=click.Choice(["steps", "time"]), **gs),
+        _config_option(T, "compile", "--compile/--no-compile", "compile_", **gs),
+        _config_option(T, "data_on_gpu", type=click.Choice(["auto", "on", "off"]), **gs),
+        _config_option(T, "model_options", "--model-option", "model_options", multiple=True, metavar="KEY=VALUE",
+                       type=str, **gs),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _default(cls, name: str):
+    from dataclasses import fields
+
+    return next(f.default for f in fields(cls) if f.name == name)
+
+
+def _only_for(cls, prefix: str) -> list[str]:
+    """The fields whose flags apply to one model (their help text starts "gs-lrm: " / "g3r: ")."""
+    from dataclasses import fields
+
+    return [f.name for f in fields(cls) if (f.metadata.get("help") or "").startswith(prefix)]
+
+
 @main.command("train-lrm")
-@click.option("--root", type=click.Path(path_type=Path), default=DEFAULT_ROOT, show_default=True, help="Root with rendered views.")
-@click.option("--model", type=click.Choice(["gs-lrm", "g3r"]), default="gs-lrm", show_default=True, help="g3r: the learned iterative optimizer (single process).")
-@click.option("--preset", type=click.Choice(["tiny", "small", "base"]), default="small", show_default=True)
-@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/gslrm"), show_default=True, help="Run folder.")
-@click.option("--steps", type=int, default=100_000, show_default=True, callback=positive)
-@click.option("--batch-size", type=int, default=8, show_default=True, callback=positive, help="Per GPU/process.")
-@click.option("--lr", type=float, default=4e-4, show_default=True)
-@click.option("--warmup-steps", type=int, default=2_000, show_default=True)
-@click.option("--weight-decay", type=float, default=0.05, show_default=True)
-@click.option("--grad-clip", type=float, default=1.0, show_default=True)
-@click.option("--image-size", type=int, default=None, callback=positive, help="Default: the views' stored resolution (other sizes are resized on the fly).")
-@click.option("--num-input-views", type=int, default=None, callback=positive, help="Default: gs-lrm 4, g3r 32 source views.")
-@click.option("--num-target-views", type=int, default=None, callback=positive, help="Default: 4 novel views.")
-@click.option("--unroll-steps", type=int, default=None, callback=positive, help="g3r: refinement steps T (default 24).")
-@click.option("--turbo-steps", type=int, default=None, callback=positive, help="g3r: steps of the turbo schedule (default 6).")
-@click.option("--num-points", type=int, default=None, callback=positive, help="g3r: Gaussians per shape.")
-@click.option("--unroll-warmup", type=int, default=None, help="g3r: iterations over which the unroll length grows from 1 to T (default 2000).")
-@click.option("--bf16/--no-bf16", default=True, show_default=True, help="bf16 autocast (CUDA only).")
-@click.option("--grad-checkpointing", is_flag=True)
-@click.option("--perceptual-weights", type=click.Path(exists=True, dir_okay=False), default=None, help="VGG16 state dict for the perceptual loss (without it: MSE + SSIM).")
-@click.option("--log-every", type=int, default=10, show_default=True, callback=positive)
-@click.option("--image-every", type=int, default=1_000, show_default=True, callback=positive)
-@click.option("--ckpt-every", type=int, default=5_000, show_default=True, callback=positive)
-@click.option("--num-workers", type=int, default=4, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")
-@click.option("--max-minutes", type=float, default=None, help="Stop with a checkpoint after this long.")
-@click.option("--depth-weight", type=float, default=None, help="gs-lrm: L1 on each input pixel's distance along its ray, from the renders' depth, at the start (default 1.0; 0: off).")
-@click.option("--depth-weight-end", type=float, default=None, help="gs-lrm: the depth weight after its cosine decay (default 0.1).")
-@click.option("--depth-decay", type=float, default=None, help="gs-lrm: share of the run over which the depth weight decays (default 0.5).")
-@click.option("--alpha-weight", type=float, default=None, help="gs-lrm: MSE between rendered and true coverage (default 0.1; 0: off).")
-@click.option("--low-res", type=int, default=None, help="gs-lrm: resolution of the curriculum's first part (default 128; 0: off).")
-@click.option("--low-res-until", type=float, default=None, help="gs-lrm: share of the run at --low-res (default 0.7).")
-@click.option("--supervise-inputs/--no-supervise-inputs", default=None, help="gs-lrm: also render and supervise the input views (default on).")
-@click.option("--view-sampling", type=click.Choice(["random", "mixed"]), default=None, help="gs-lrm: mixed (default) gives --layout-share of the samples the layout views as inputs.")
-@click.option("--layout-share", type=float, default=None, help="gs-lrm: share of samples with evaluation-layout inputs (default 0.25; needs views rendered with --layout-views).")
-@click.option("--schedule", type=click.Choice(["steps", "time"]), default=None, help="gs-lrm: time: LR, curriculum and depth schedules follow --max-minutes' clock (default steps).")
-@click.option("--compile/--no-compile", "compile_", default=None, help="gs-lrm: torch.compile the transformer blocks on CUDA (default on).")
-@click.option("--data-on-gpu", type=click.Choice(["auto", "on", "off"]), default=None, help="gs-lrm: decode the views once into GPU memory (default auto: when they fit).")
-@click.option("--model-option", "model_options", multiple=True, metavar="KEY=VALUE", help="gs-lrm: a GSLRMConfig field over the preset's, e.g. distance=camera, qk_norm=false (repeatable).")
-def train_lrm(root, model, preset, out, steps, batch_size, lr, warmup_steps, weight_decay, grad_clip, image_size, num_input_views, num_target_views, unroll_steps, turbo_steps, num_points, unroll_warmup, bf16, grad_checkpointing, perceptual_weights, log_every, image_every, ckpt_every, num_workers, seed, device, resume, max_minutes, depth_weight, depth_weight_end, depth_decay, alpha_weight, low_res, low_res_until, supervise_inputs, view_sampling, layout_share, schedule, compile_, data_on_gpu, model_options) -> None:
+@_train_options
+def train_lrm(**opts) -> None:
     """Train a GS-LRM (or G3R) on ROOT's view shards (GS-LRM on several GPUs: launch with torchrun)."""
-    recipe = dict(depth_weight=depth_weight, depth_weight_end=depth_weight_end, depth_decay=depth_decay, alpha_weight=alpha_weight,
-                  low_res=low_res, low_res_until=low_res_until, supervise_inputs=supervise_inputs, view_sampling=view_sampling,
-                  layout_share=layout_share, schedule=schedule, compile=compile_, data_on_gpu=data_on_gpu)
+    from dataclasses import fields
+
+    from zeroverse.lrm.config import G3R_ONLY, GS_ONLY, G3RTrainConfig, TrainConfig
+    from zeroverse.lrm.g3r_train import train_g3r
+    from zeroverse.lrm.train import train
+
+    opts["compile"] = opts.pop("compile_")
+    model, root, out, resume = opts.pop("model"), opts["root"], opts["out"], opts["resume"]
+    opts.update(root=str(root), out=str(out))
+    pairs = opts.pop("model_options")
     if model == "g3r":
-        given = sorted(k for k, v in recipe.items() if v is not None) + (["model_option"] if model_options else [])
+        given = sorted(k for k in _only_for(TrainConfig, GS_ONLY) if opts.get(k) is not None)
+        given += ["model_option"] if pairs else []
         if given:
             raise click.UsageError(f"{', '.join('--' + k.replace('_', '-') for k in given)} apply to --model gs-lrm only")
-        g3r_args = {k: v for k, v in locals().items() if k in _train_g3r.__code__.co_varnames[:_train_g3r.__code__.co_argcount]}
-        _train_g3r(**g3r_args)
-        return
-    from zeroverse.lrm.train import TrainConfig, train
-
-    if any(v is not None for v in (unroll_steps, turbo_steps, num_points, unroll_warmup)):
-        raise click.UsageError("--unroll-steps, --turbo-steps, --num-points and --unroll-warmup apply to --model g3r only")
-    num_input_views, num_target_views = num_input_views or 4, num_target_views or 4
-    if low_res == 0:
-        recipe["low_res"] = None
+        if opts["grad_checkpointing"]:
+            raise click.UsageError("--grad-checkpointing is not supported with --model g3r")
+        if opts["preset"] == "base":
+            raise click.UsageError("--model g3r has presets tiny and small")
+        cls, run, name = G3RTrainConfig, train_g3r, "G3R "
+    else:
+        if any(opts.get(k) is not None for k in _only_for(G3RTrainConfig, G3R_ONLY)):
+            raise click.UsageError("--unroll-steps, --turbo-steps, --num-points and --unroll-warmup apply to --model g3r only")
+        cls, run, name = TrainConfig, train, ""
+    names = {f.name for f in fields(cls)}
+    # A flag left at None keeps the config's default; --low-res 0 turns the curriculum off.
+    kwargs = {k: v for k, v in opts.items() if k in names and v is not None}
+    if opts.get("low_res") == 0:
+        kwargs["low_res"] = None
     try:
-        options = _model_options(model_options)
-        cfg = TrainConfig(
-            root=str(root), out=str(out), model=model, preset=preset, steps=steps, batch_size=batch_size, lr=lr,
-            warmup_steps=warmup_steps, weight_decay=weight_decay, grad_clip=grad_clip, image_size=image_size,
-            num_input_views=num_input_views, num_target_views=num_target_views, bf16=bf16,
-            grad_checkpointing=grad_checkpointing, perceptual_weights=perceptual_weights, log_every=log_every,
-            image_every=image_every, ckpt_every=ckpt_every, num_workers=num_workers, seed=seed, device=device, resume=resume, max_minutes=max_minutes,
-            model_options=options, **{k: v for k, v in recipe.items() if v is not None or (k == "low_res" and low_res == 0)},
-        )
+        if model != "g3r":
+            kwargs["model_options"] = _model_options(pairs)
+        cfg = cls(**kwargs)
         with _run_folder(root, out, resume):
-            result = train(cfg)
+            result = run(cfg)
     except (ValueError, FileExistsError, FileNotFoundError, MemoryError) as err:
         raise click.ClickException(_train_message(err)) from err
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the run
-        click.echo(f"trained to step {result.step}; checkpoint {result.last_checkpoint}; metrics {result.metrics_path}")
+        click.echo(f"trained {name}to step {result.step}; checkpoint {result.last_checkpoint}; metrics {result.metrics_path}")
 
 
 def _model_options(pairs: tuple[str, ...]) -> dict:
@@ -120,30 +185,6 @@ def _model_options(pairs: tuple[str, ...]) -> dict:
         except ValueError:
             raise ValueError(f"--model-option {pair!r}: {key} takes a {kind} value") from None
     return out
-
-
-def _train_g3r(root, preset, out, steps, batch_size, lr, warmup_steps, weight_decay, grad_clip, image_size, num_input_views, num_target_views, unroll_steps, turbo_steps, num_points, unroll_warmup, bf16, grad_checkpointing, perceptual_weights, log_every, image_every, ckpt_every, num_workers, seed, device, resume, max_minutes) -> None:
-    from zeroverse.lrm.g3r_train import G3RTrainConfig, train_g3r
-
-    if grad_checkpointing:
-        raise click.UsageError("--grad-checkpointing is not supported with --model g3r")
-    if preset == "base":
-        raise click.UsageError("--model g3r has presets tiny and small")
-    extra = {k: v for k, v in dict(num_input_views=num_input_views, num_target_views=num_target_views, unroll_steps=unroll_steps,
-                                  turbo_steps=turbo_steps, num_points=num_points, unroll_warmup=unroll_warmup,
-                                  max_minutes=max_minutes, image_size=image_size).items() if v is not None}
-    try:
-        cfg = G3RTrainConfig(
-            root=str(root), out=str(out), preset=preset, steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
-            weight_decay=weight_decay, grad_clip=grad_clip, perceptual_weights=perceptual_weights,
-            log_every=log_every, image_every=image_every, ckpt_every=ckpt_every, seed=seed, resume=resume,
-            num_workers=num_workers, device=device, **extra,
-        )
-        with _run_folder(root, out, resume):
-            result = train_g3r(cfg)
-    except (ValueError, FileExistsError, FileNotFoundError) as err:
-        raise click.ClickException(_train_message(err)) from err
-    click.echo(f"trained G3R to step {result.step}; checkpoint {result.last_checkpoint}; metrics {result.metrics_path}")
 
 
 @contextlib.contextmanager
@@ -228,7 +269,8 @@ def refine(checkpoint, root, index, steps, turbo, source_views, heldout_views, o
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def eval_cmd(checkpoint, real_dir, root, views_root, out, resolution, targets_per_ring, limit, lpips_weights, model_resolution, device, progress) -> None:
     """Evaluate a GS-LRM checkpoint: PSNR/SSIM (LPIPS with weights) per object, table and picture grid."""
-    from zeroverse.lrm.evaluate import checkpoint_path, evaluate, evaluate_procedural, evaluate_real
+    from zeroverse.cli.eval_views import EvalRender, evaluate_procedural, evaluate_real
+    from zeroverse.lrm.evaluate import checkpoint_path, evaluate
 
     chosen = [x for x in (real_dir, root, views_root) if x is not None]
     if len(chosen) != 1:
@@ -237,10 +279,11 @@ def eval_cmd(checkpoint, real_dir, root, views_root, out, resolution, targets_pe
         ckpt = checkpoint_path(checkpoint)
         out = out or ckpt.parent / "eval"
         common = dict(lpips_weights=lpips_weights, device=device, progress=progress)
+        render = EvalRender(resolution=resolution, targets_per_ring=targets_per_ring)
         if real_dir is not None:
-            result = evaluate_real(ckpt, real_dir, out, resolution=resolution, targets_per_ring=targets_per_ring, limit=limit, **common)
+            result = evaluate_real(ckpt, real_dir, out, render, limit=limit, **common)
         elif root is not None:
-            result = evaluate_procedural(ckpt, root, out, resolution=resolution, targets_per_ring=targets_per_ring, limit=limit or 100, **common)
+            result = evaluate_procedural(ckpt, root, out, render, limit=limit or 100, **common)
         else:
             result = evaluate(ckpt, views_root, out, limit=limit, resolution=model_resolution, **common)
     except ValueError as err:
@@ -257,7 +300,7 @@ def eval_cmd(checkpoint, real_dir, root, views_root, out, resolution, targets_pe
 @click.option("--device", default="auto", show_default=True)
 def export_ply(checkpoint, views_root, index, out, device) -> None:
     """Predict Gaussians for one shape and write them as a 3DGS .ply that splat viewers open."""
-    from zeroverse.lrm.evaluate import export_ply_from_checkpoint
+    from zeroverse.lrm.export import export_ply_from_checkpoint
 
     try:
         check_writable(out, "--out")

@@ -6,7 +6,8 @@
 - `plucker_rays`: per-pixel (d, o x d) ray embedding [..., 6, H, W].
 """
 
-from .dataset import ShardReadError, ViewConfig, ViewDataset, collate
+from .config import ViewConfig
+from .dataset import ShardReadError, ViewDataset, collate
 from .rays import plucker_rays
 from .stream import ViewStream
 

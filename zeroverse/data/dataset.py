@@ -48,6 +48,7 @@ from torch.utils.data import Dataset, get_worker_info
 from zeroverse.store.manifest import Manifest
 from zeroverse.store.shards import MANIFEST_NAME
 
+from .config import BACKGROUNDS, CHANNEL_DIMS, CHANNEL_KEYS, ViewConfig
 from .decode import (
     composite,
     decode_depth,
@@ -60,15 +61,6 @@ from .decode import (
     scale_intrinsics,
 )
 
-# channel name -> item key; the keys themselves are accepted as aliases.
-CHANNEL_KEYS = {"rgb": "images", "alpha": "alphas", "depth": "depths", "normal": "normals", "position": "positions"}
-_CHANNEL_DIMS = {"rgb": 3, "alpha": 1, "depth": 1, "normal": 3, "position": 3}
-_CHANNEL_ALIASES = {**{k: k for k in CHANNEL_KEYS}, **{v: k for k, v in CHANNEL_KEYS.items()}, "normals": "normal"}
-# random: V distinct views per (seed, epoch, shape); eval: the eval rig's inputs and targets;
-# mixed: like random, but a `layout_share` of the samples take as inputs the views the random
-# rig rendered in the evaluation layout (role "layout", RigConfig.layout_views).
-VIEW_SAMPLINGS = ("random", "eval", "mixed")
-BACKGROUNDS = {"white": 1.0, "black": 0.0}
 # Columns every item reads: small next to the image cells.
 _CAMERA_COLUMNS = ["shape_id", "view", "role", "projection", "width", "height", "c2w", "intrinsics"]
 # Open Parquet files kept per process; a shuffled epoch touches shards in random order, and each
@@ -79,75 +71,6 @@ MAX_OPEN_FILES = 32
 class ShardReadError(ValueError):
     """A shape's data cannot be used (damaged file, too few views, missing cells). `skip_bad`
     skips these; configuration mistakes stay plain ValueErrors."""
-
-
-@dataclass(frozen=True)
-class ViewConfig:
-    """What an item holds; shared by ViewDataset and ViewStream."""
-
-    num_input_views: int = 4
-    num_target_views: int = 4
-    resolution: tuple[int, int] | None = None  # (H, W); None keeps the stored size
-    channels: tuple[str, ...] = ("rgb", "alpha", "depth")
-    background: str | float | tuple[float, float, float] = "white"
-    view_sampling: str = "random"
-    seed: int = 0
-    skip_bad: bool = False
-    layout_share: float = 0.0  # view_sampling="mixed": share of samples with layout inputs
-
-    @classmethod
-    def make(
-        cls,
-        num_input_views: int,
-        num_target_views: int,
-        resolution: int | Sequence[int] | None,
-        channels: Sequence[str],
-        background: str | float | Sequence[float],
-        view_sampling: str,
-        seed: int,
-        skip_bad: bool,
-        layout_share: float = 0.0,
-    ) -> "ViewConfig":
-        for name, value in (("num_input_views", num_input_views), ("num_target_views", num_target_views)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-                raise ValueError(f"{name}={value!r}: use a non-negative integer")
-        if num_input_views + num_target_views < 1:
-            raise ValueError("num_input_views + num_target_views is 0: ask for at least one view")
-        if resolution is not None:
-            res = (resolution, resolution) if isinstance(resolution, (int, np.integer)) else tuple(resolution)
-            if len(res) != 2 or any(isinstance(r, bool) or not isinstance(r, (int, np.integer)) or r < 1 for r in res):
-                raise ValueError(f"resolution={resolution!r}: use a positive int (square) or (height, width)")
-            resolution = (int(res[0]), int(res[1]))
-        if isinstance(channels, str):
-            channels = (channels,)
-        canonical = []
-        for channel in channels:
-            if channel not in _CHANNEL_ALIASES:
-                raise ValueError(f"unknown channel {channel!r}; choose from {sorted(CHANNEL_KEYS)}")
-            if _CHANNEL_ALIASES[channel] not in canonical:
-                canonical.append(_CHANNEL_ALIASES[channel])
-        if not canonical:
-            raise ValueError("channels is empty; ask for at least one of " + ", ".join(CHANNEL_KEYS))
-        if isinstance(background, str):
-            if background not in (*BACKGROUNDS, "random"):
-                raise ValueError(f"background={background!r}: use 'white', 'black', 'random' or a grey level in [0, 1]")
-        else:
-            values = np.broadcast_to(np.asarray(background, dtype=np.float64), (3,)) if np.ndim(background) <= 1 else None
-            if values is None or not np.all((values >= 0) & (values <= 1)):
-                raise ValueError(f"background={background!r}: use 'white', 'black', 'random', a float or 3 floats in [0, 1]")
-            background = float(values[0]) if np.ndim(background) == 0 else tuple(float(v) for v in values)
-        if view_sampling not in VIEW_SAMPLINGS:
-            raise ValueError(f"view_sampling={view_sampling!r}: use one of {VIEW_SAMPLINGS}")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"seed={seed!r}: use a non-negative integer")
-        if not 0.0 <= float(layout_share) <= 1.0:
-            raise ValueError(f"layout_share={layout_share!r}: use a share in [0, 1]")
-        return cls(int(num_input_views), int(num_target_views), resolution, tuple(canonical), background,
-                   view_sampling, int(seed), bool(skip_bad), float(layout_share))
-
-    @property
-    def num_views(self) -> int:
-        return self.num_input_views + self.num_target_views
 
 
 @dataclass(frozen=True)
@@ -458,7 +381,7 @@ class ViewReader:
         V = len(rows)
         h, w = cfg.resolution or (int(heights[0]), int(widths[0]))
         # Decoded straight into the item's tensors: no per-view stacking copies.
-        item = {CHANNEL_KEYS[c]: torch.empty(V, _CHANNEL_DIMS[c], h, w) for c in cfg.channels}
+        item = {CHANNEL_KEYS[c]: torch.empty(V, CHANNEL_DIMS[c], h, w) for c in cfg.channels}
         Ks = np.zeros((V, 3, 3), np.float32)
         for v, (row, H, W) in enumerate(zip(rows, heights.tolist(), widths.tolist())):
             try:
@@ -523,7 +446,18 @@ class ViewReader:
             item[name][v] = value[0]
 
 
-class ViewDataset(Dataset):
+class ViewSource:
+    """What ViewDataset and ViewStream share: the item config, the views root's manifest, the
+    index of its shapes and a reader of their views."""
+
+    def __init__(self, root: str | os.PathLike, config: ViewConfig):
+        self.config = config
+        self.views_dir, self.manifest = resolve_views_dir(root)
+        self.entries = build_index(self.views_dir, self.manifest, self.config, type(self).__name__)
+        self.reader = ViewReader(self.config)
+
+
+class ViewDataset(ViewSource, Dataset):
     """Map-style dataset over a rendered root: item i is the i-th shape id (sorted) of the
     manifest, with V views chosen per (seed, epoch, shape_id). See the module docstring for
     the item's tensors; works with DataLoader workers (fork or spawn), persistent workers,
@@ -542,11 +476,8 @@ class ViewDataset(Dataset):
         skip_bad: bool = False,
         layout_share: float = 0.0,
     ):
-        self.config = ViewConfig.make(num_input_views, num_target_views, resolution, channels, background, view_sampling, seed, skip_bad,
-                                      layout_share)
-        self.views_dir, self.manifest = resolve_views_dir(root)
-        self.entries = build_index(self.views_dir, self.manifest, self.config, type(self).__name__)
-        self.reader = ViewReader(self.config)
+        super().__init__(root, ViewConfig.make(num_input_views, num_target_views, resolution, channels, background,
+                                               view_sampling, seed, skip_bad, layout_share))
         # The epoch lives in shared memory so that set_epoch reaches persistent DataLoader
         # workers, which hold their own copy of this object.
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()

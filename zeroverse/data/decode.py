@@ -23,7 +23,6 @@ Example:
 from __future__ import annotations
 
 import io
-import math
 
 import numpy as np
 import torch
@@ -88,15 +87,10 @@ def decode_position(data: bytes | None, height: int, width: int) -> np.ndarray: 
 
 
 def intrinsics_matrix(intrinsics: np.ndarray) -> np.ndarray:  # [..., 4] -> [..., 3, 3]
-    """(fx, fy, cx, cy) -> pinhole K."""
-    intrinsics = np.asarray(intrinsics, dtype=np.float32)
-    K = np.zeros(intrinsics.shape[:-1] + (3, 3), dtype=np.float32)
-    K[..., 0, 0] = intrinsics[..., 0]
-    K[..., 1, 1] = intrinsics[..., 1]
-    K[..., 0, 2] = intrinsics[..., 2]
-    K[..., 1, 2] = intrinsics[..., 3]
-    K[..., 2, 2] = 1.0
-    return K
+    """(fx, fy, cx, cy) -> pinhole K in float32 (the scene's matrix, at the dataset's precision)."""
+    from zeroverse.scene.cameras import intrinsics_matrix as k_matrix
+
+    return k_matrix(intrinsics).astype(np.float32)
 
 
 def scale_intrinsics(K: Tensor, sx: float, sy: float) -> Tensor:  # [..., 3, 3] -> [..., 3, 3]

@@ -27,7 +27,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from .dataset import CHANNEL_KEYS, ViewDataset
+from .config import CHANNEL_KEYS
+from .dataset import ViewDataset
 from .decode import (
     decode_depth,
     decode_rgba,

@@ -55,7 +55,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from .dataset import ShardReadError, ViewConfig, ViewReader, build_index, resolve_views_dir
+from .config import ViewConfig
+from .dataset import ShardReadError, ViewSource
 
 STATE_VERSION = 1
 
@@ -85,7 +86,7 @@ def buffer_shuffle(sequence: Sequence[int], buffer: int, rng: np.random.Generato
     return out + slots
 
 
-class ViewStream(IterableDataset):
+class ViewStream(ViewSource, IterableDataset):
     """Iterable view dataset for large-scale training (see the module docstring). Items are the
     same dicts as ViewDataset's; arguments before `shuffle_buffer` mean the same."""
 
@@ -105,7 +106,7 @@ class ViewStream(IterableDataset):
         rank: int | None = None,
         world_size: int | None = None,
     ):
-        self.config = ViewConfig.make(num_input_views, num_target_views, resolution, channels, background, view_sampling, seed, skip_bad)
+        config = ViewConfig.make(num_input_views, num_target_views, resolution, channels, background, view_sampling, seed, skip_bad)
         if isinstance(shuffle_buffer, bool) or not isinstance(shuffle_buffer, (int, np.integer)) or shuffle_buffer < 0:
             raise ValueError(f"shuffle_buffer={shuffle_buffer!r}: use a non-negative integer (0 or 1: no buffer)")
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
@@ -114,9 +115,7 @@ class ViewStream(IterableDataset):
             raise ValueError(f"rank={rank!r}, world_size={world_size!r}: pass both or neither (neither: torch.distributed decides)")
         if world_size is not None and not (isinstance(world_size, (int, np.integer)) and world_size >= 1 and 0 <= rank < world_size):
             raise ValueError(f"rank={rank!r}, world_size={world_size!r}: need world_size >= 1 and 0 <= rank < world_size")
-        self.views_dir, self.manifest = resolve_views_dir(root)
-        self.entries = build_index(self.views_dir, self.manifest, self.config, type(self).__name__)
-        self.reader = ViewReader(self.config)
+        super().__init__(root, config)
         self.shuffle_buffer = int(shuffle_buffer)
         self.batch_size = int(batch_size)
         self._explicit = None if rank is None else (int(rank), int(world_size))

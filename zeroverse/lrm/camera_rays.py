@@ -38,24 +38,18 @@ def world_to_camera(c2w: Tensor) -> Tensor:  # [..., 4, 4] -> [..., 4, 4]
 
 
 def look_at(eye: Tensor, target: Tensor, up: Tensor | None = None) -> Tensor:
-    """OpenCV camera-to-world [..., 4, 4] for cameras at `eye` [..., 3] looking at `target`.
+    """OpenCV camera-to-world [..., 4, 4] for cameras at `eye` [..., 3] looking at `target`:
+    zeroverse.scene.cameras.look_at (the one implementation, world Z-up) over a batch."""
+    import numpy as np
 
-    The world is Z-up, so the image's "up" (-y) points along +Z where possible.
-    """
-    if up is None:
-        up = torch.tensor([0.0, 0.0, 1.0], dtype=eye.dtype, device=eye.device)
-    z = target - eye
-    z = z / z.norm(dim=-1, keepdim=True)
-    x = torch.cross(z, up.expand_as(z), dim=-1)
-    x = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    y = torch.cross(z, x, dim=-1)
-    c2w = torch.zeros(eye.shape[:-1] + (4, 4), dtype=eye.dtype, device=eye.device)
-    c2w[..., :3, 0] = x
-    c2w[..., :3, 1] = y
-    c2w[..., :3, 2] = z
-    c2w[..., :3, 3] = eye
-    c2w[..., 3, 3] = 1.0
-    return c2w
+    from zeroverse.scene.cameras import look_at as look_at_np
+
+    eye, target = torch.broadcast_tensors(eye, target)
+    eyes = eye.detach().cpu().double().reshape(-1, 3).numpy()
+    targets = target.detach().cpu().double().reshape(-1, 3).numpy()
+    up_np = None if up is None else up.detach().cpu().double().numpy()
+    c2w = np.stack([look_at_np(e, t, up_np) for e, t in zip(eyes, targets)])
+    return torch.from_numpy(c2w).to(dtype=eye.dtype, device=eye.device).reshape(eye.shape[:-1] + (4, 4))
 
 
 def intrinsics_from_fov(fov_deg: float, H: int, W: int, dtype=torch.float32) -> Tensor:

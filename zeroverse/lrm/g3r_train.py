@@ -35,7 +35,6 @@ of a views root, initialise from depth, refine, report PSNR, write a .ply.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -48,103 +47,28 @@ from torch.utils.data import Dataset
 
 from . import g3r, losses, metrics
 from .checkpoint import load_checkpoint
-from .g3r import G3R, PRESETS, G3RConfig
-
-# train.py's helpers, shared so the two trainers keep one behaviour (data order, logging, ...).
-from .train import (
+from .config import MODEL_KIND, G3RTrainConfig
+from .g3r import G3R, G3RConfig
+from .run import (
+    RunLog,
     TrainResult,
-    _batches,
-    _clip_grad,
-    _lr_lambda,
-    _perceptual_loss,
-    _prepare_run,
-    _progress,
-    _resolve_device,
-    _resume,
-    _save,
-    _tensorboard,
-    _to_device,
-    _view_dataset,
-    _write_metrics,
+    check_same_config,
+    clip_grad,
+    is_due,
+    loader_batches,
+    perceptual_loss,
+    prepare_run,
+    resolve_device,
+    resume_run,
     save_image_grid,
+    save_run,
+    view_dataset,
+    warmup_cosine,
 )
 
 log = logging.getLogger(__name__)
 
-MODEL_KIND = "g3r"
 
-
-@dataclass(frozen=True)
-class G3RTrainConfig:
-    root: str  # dataset root (ViewDataset); unused when a dataset object is passed
-    out: str  # run folder
-    model: str = "g3r"
-    preset: str = "small"  # G3R size: tiny | small (g3r.PRESETS)
-    steps: int = 20_000  # optimizer iterations (each unrolls up to T refinement steps)
-    batch_size: int = 2  # shapes per iteration
-    lr: float = 3e-4
-    betas: tuple[float, float] = (0.9, 0.99)
-    weight_decay: float = 0.01
-    warmup_steps: int = 500
-    grad_clip: float = 1.0  # <= 0 disables clipping
-    num_input_views: int = 32  # source views per shape (depth init + gradients)
-    num_target_views: int = 4  # novel views per shape (supervision only)
-    image_size: int = 256
-    unroll_steps: int | None = None  # T; None = the preset's (24)
-    turbo_steps: int | None = None  # None = the preset's (6)
-    turbo_fraction: float = 0.25  # share of iterations that unroll the turbo schedule
-    unroll_warmup: int = 2_000  # iterations over which the unroll length grows from 1 to T
-    truncate_every: int = 6  # backward and detach the state every k steps; <= 0: never
-    num_points: int | None = None  # Gaussians per shape; None = the preset's
-    novel_weight: float = 1.0  # weight of the novel-view loss next to the source-view one
-    flat_weight: float = 0.1
-    perceptual_weights: str | None = None  # VGG16 state dict (see losses.PerceptualLoss)
-    lpips_weight: float = 0.5
-    ssim_weight: float = 0.2  # used only when there are no perceptual weights
-    backend: str = "auto"  # rasterizer: auto | gsplat | torch
-    log_every: int = 10
-    image_every: int = 1_000
-    ckpt_every: int = 1_000
-    seed: int = 0
-    resume: bool = False
-    num_workers: int = 4
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    max_minutes: float | None = None  # stop with a checkpoint after this long (as TrainConfig)
-
-    def __post_init__(self):
-        if self.model != MODEL_KIND:
-            raise ValueError(f"model {self.model!r}: G3RTrainConfig trains only 'g3r' "
-                             "(gs-lrm: train.TrainConfig)")
-        if self.preset not in PRESETS:
-            raise ValueError(f"preset {self.preset!r} unknown; choose one of {sorted(PRESETS)}")
-        for name in ("steps", "batch_size", "num_input_views", "num_target_views", "image_size",
-                     "log_every", "image_every", "ckpt_every"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("unroll_steps", "turbo_steps", "num_points"):
-            v = getattr(self, name)
-            if v is not None and v <= 0:
-                raise ValueError(f"{name} must be positive or None, got {v}")
-        if self.max_minutes is not None and self.max_minutes <= 0:
-            raise ValueError(f"max_minutes must be positive or None, got {self.max_minutes}")
-        if self.warmup_steps < 0 or self.num_workers < 0 or self.unroll_warmup < 0:
-            raise ValueError("warmup_steps, unroll_warmup and num_workers must be >= 0")
-        if not 0 <= self.turbo_fraction <= 1:
-            raise ValueError(f"turbo_fraction must be in [0, 1], got {self.turbo_fraction}")
-        if self.backend not in ("auto", "gsplat", "torch"):
-            raise ValueError(f"backend must be auto, gsplat or torch, got {self.backend!r}")
-        if len(self.betas) != 2:
-            raise ValueError(f"betas must be two floats, got {self.betas}")
-
-    def model_config(self) -> G3RConfig:
-        overrides = {k: v for k, v in (("steps", self.unroll_steps), ("turbo_steps", self.turbo_steps),
-                                       ("num_points", self.num_points)) if v is not None}
-        return G3RConfig.preset(self.preset, **overrides)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["betas"] = list(self.betas)
-        return d
 
 
 # Same fields as a GS-LRM run's result: one type, so callers treat both trainers alike.
@@ -173,26 +97,25 @@ def train_g3r(cfg: G3RTrainConfig, dataset: Dataset | None = None) -> G3RTrainRe
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ValueError("train_g3r runs in one process (WORLD_SIZE > 1 is not supported); "
                          "the network is small, rendering dominates: raise batch_size instead")
-    device = _resolve_device(cfg.device)
-    out, latest = _prepare_run(cfg, device)
+    device = resolve_device(cfg.device)
+    out, latest = prepare_run(cfg, device)
     model_cfg = cfg.model_config()
     model = G3R(model_cfg).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas),
                                   weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg))
 
-    perceptual = _perceptual_loss(cfg, device)
-    step = _resume(cfg, latest, model, optimizer, scheduler, True,
-                   check=lambda ckpt: _check_same_model(ckpt, model_cfg, latest))
+    perceptual = perceptual_loss(cfg, device)
+    step = resume_run(cfg, latest, model, optimizer, scheduler, True,
+                      check=lambda ckpt: _check_same_model(ckpt, model_cfg, latest))
 
     collate_fn = None
     if dataset is None:
-        dataset, collate_fn = _view_dataset(cfg)
-    batches = _batches(dataset, cfg, 0, 1, step, pin=device.type == "cuda", collate_fn=collate_fn)
+        dataset, collate_fn = view_dataset(cfg)
+    batches = loader_batches(dataset, cfg, 0, 1, step, pin=device.type == "cuda", collate_fn=collate_fn)
 
-    writer = _tensorboard(out)
-    metrics_path = out / "metrics.jsonl"
-    run_info = {
+    runlog = RunLog(out, cfg.steps, step)
+    runlog.write_run_info({
         "train_config": cfg.to_dict(),
         "model_config": model_cfg.to_dict(),
         "model_kind": MODEL_KIND,
@@ -201,24 +124,19 @@ def train_g3r(cfg: G3RTrainConfig, dataset: Dataset | None = None) -> G3RTrainRe
         "device": str(device),
         "torch": torch.__version__,
         "start_step": step,
-    }
-    (out / "run.json").write_text(json.dumps(run_info, indent=2))
+    })
 
-    result = G3RTrainResult(step=step, metrics_path=metrics_path, perceptual=perceptual is not None)
+    result = G3RTrainResult(step=step, metrics_path=runlog.metrics_path, perceptual=perceptual is not None)
     window: dict[str, float] = {}
-    t_window, data_time, n_window = time.perf_counter(), 0.0, 0
-    progress = _progress(cfg.steps, step, disable=False)
     model.train()
     started = time.perf_counter()
     time_up = False
     while step < cfg.steps and not time_up:
-        t0 = time.perf_counter()
-        batch = _to_device(next(batches), device)
-        data_time += time.perf_counter() - t0
+        batch = runlog.next_batch(batches, device)
 
         optimizer.zero_grad(set_to_none=True)
         it = unroll_iteration(model, batch, cfg, step, perceptual)
-        grad_norm = _clip_grad(model, cfg.grad_clip)
+        grad_norm = clip_grad(model, cfg.grad_clip)
         lr = optimizer.param_groups[0]["lr"]
         if torch.isfinite(grad_norm):
             optimizer.step()
@@ -233,34 +151,28 @@ def train_g3r(cfg: G3RTrainConfig, dataset: Dataset | None = None) -> G3RTrainRe
         values = {**it.scalars, "grad_norm": float(grad_norm)}
         result.losses.append(values["loss"])
         result.step = step
-        progress.update(1)
-        progress.set_postfix(loss=f"{values['loss']:.4f}", T=it.unrolled)
+        runlog.stepped()
+        runlog.bar.set_postfix(loss=f"{values['loss']:.4f}", T=it.unrolled)
         for k, v in values.items():
             window[k] = window.get(k, 0.0) + v
-        n_window += 1
 
-        if step % cfg.log_every == 0 or step == cfg.steps or time_up:
-            record = {k: v / n_window for k, v in window.items()}
-            elapsed = time.perf_counter() - t_window
-            record.update(step=step, lr=lr, step_time=elapsed / n_window,
-                          data_time=data_time / n_window,
-                          samples_per_s=n_window * cfg.batch_size / max(elapsed, 1e-9))
-            _write_metrics(metrics_path, writer, record)
-            window, t_window, data_time, n_window = {}, time.perf_counter(), 0.0, 0
+        if is_due(step, cfg.log_every, cfg, time_up):
+            record = {k: v / runlog.n_window for k, v in window.items()}
+            record.update(step=step, lr=lr, **runlog.window_rates(cfg.batch_size))
+            runlog.write(record)
+            window = {}
 
-        if step == 1 or step % cfg.image_every == 0 or step == cfg.steps or time_up:
+        if step == 1 or is_due(step, cfg.image_every, cfg, time_up):
             nin = min(4, cfg.num_input_views)
             save_image_grid(out / "images" / f"step-{step:07d}.png",
                             batch["images"][:, :nin].float(),
                             batch["images"][:, cfg.num_input_views:].float(), it.novel_pred)
 
-        if step % cfg.ckpt_every == 0 or step == cfg.steps or time_up:
-            result.last_checkpoint = _save(cfg, out, step, model, optimizer, scheduler, model_cfg,
-                                           model_kind=MODEL_KIND)
+        if is_due(step, cfg.ckpt_every, cfg, time_up):
+            result.last_checkpoint = save_run(cfg, out, step, model, optimizer, scheduler, model_cfg,
+                                              model_kind=MODEL_KIND)
 
-    progress.close()
-    if writer is not None:
-        writer.close()
+    runlog.close()
     return result
 
 
@@ -370,11 +282,7 @@ def unroll_iteration(
 def _check_same_model(ckpt: dict, cfg: G3RConfig, path: Path) -> None:
     if ckpt.get("model_kind") != MODEL_KIND:
         raise ValueError(f"{path} is not a G3R checkpoint (model_kind={ckpt.get('model_kind')!r})")
-    saved, now = ckpt["model_config"], cfg.to_dict()
-    diff = {k: (saved.get(k), v) for k, v in now.items()
-            if k not in g3r.RUNTIME_FIELDS and saved.get(k) != v}
-    if diff:
-        raise ValueError(f"{path} was trained with a different model config (saved, now): {diff}")
+    check_same_config(ckpt["model_config"], cfg.to_dict(), g3r.RUNTIME_FIELDS, path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -432,7 +340,7 @@ def refine_shape(
     depth, T updates, PSNR on the source views before / after and on held-out views."""
     from zeroverse.data import ViewDataset
 
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     model, mcfg, tcfg = load_g3r(checkpoint, "cpu")
     model = model.to(dev)
     vs = num_source_views or int(tcfg.get("num_input_views", 32))
