@@ -31,7 +31,7 @@ class EvalRender:
 
     resolution: int = 256  # >= the checkpoint's image size; views are downsampled to it
     targets_per_ring: int = 16  # 16 = the protocol
-    samples: int | None = None  # Cycles/EEVEE samples; None: RenderSettings' default
+    samples: int | None = None  # Cycles/EEVEE samples; None: the engine's default, as `zeroverse render` uses
     engine: str = "auto"  # auto (EEVEE with CUDA, else Cycles) | cycles | eevee | workbench
 
     def rig(self):
@@ -43,13 +43,11 @@ class EvalRender:
         import torch
 
         from pipelines.render import resolve_engine
-        from zeroverse.scene.render_settings import RenderSettings
+        from zeroverse.scene.render_settings import RenderSettings, default_samples
 
-        return RenderSettings(
-            engine=resolve_engine(self.engine, 1.0 if torch.cuda.is_available() else 0.0),
-            resolution=self.resolution,
-            samples=RenderSettings().samples if self.samples is None else self.samples,
-        )
+        engine = resolve_engine(self.engine, 1.0 if torch.cuda.is_available() else 0.0)
+        samples = default_samples(engine) if self.samples is None else self.samples
+        return RenderSettings(engine=engine, resolution=self.resolution, samples=samples)
 
 
 def _load_checked(checkpoint, render: EvalRender, device: str) -> LoadedCheckpoint:
