@@ -215,3 +215,18 @@ def test_evaluate_procedural_held_out_shapes(tmp_path, ckpt, ray_local):
     assert all(o.num_targets == 4 and _finite(o.psnr) for o in result.objects)
     assert (out / "procedural_views" / "shapes").is_symlink() and (out / "metrics.md").is_file()
     assert not (out / "ATTRIBUTION.txt").exists()
+
+
+@pytest.mark.parametrize("engine", ["cycles", "eevee"])
+def test_eval_renders_use_the_sample_count_render_uses(engine):
+    """One default per engine for `zeroverse render`, `render --real` and evaluation renders, so
+    evaluation images look like the training data (they rendered 16 Cycles samples against 8)."""
+    from click.testing import CliRunner
+
+    from zeroverse.cli import main
+    from zeroverse.scene.render_settings import default_samples
+
+    assert EvalRender(engine=engine).settings().samples == default_samples(engine)
+    assert EvalRender(engine=engine, samples=3).settings().samples == 3
+    help_text = CliRunner().invoke(main, ["render", "--help"]).output
+    assert f"{engine.replace('eevee', 'EEVEE').replace('cycles', 'Cycles')} {default_samples(engine)}" in help_text

@@ -12,7 +12,7 @@ import click
 from pipelines.generate import DEFAULT_SHARD_SIZE, GenerateConfig
 from pipelines.render import DEFAULT_SHAPES_PER_SHARD, RenderConfig
 from zeroverse.scene.cameras import RigConfig
-from zeroverse.scene.render_settings import RenderSettings
+from zeroverse.scene.render_settings import DEFAULT_SAMPLES, RenderSettings
 
 from zeroverse.cli import main
 from zeroverse.cli.common import DEFAULT_ROOT, ROOT, check_writable, fail, positive, storage_failure
@@ -105,7 +105,7 @@ def _report_failures(failures: list) -> None:
 @click.option("--targets-per-ring", type=int, default=RigConfig.eval_targets_per_ring, show_default=True, callback=positive, help="Eval rig: target views per elevation ring.")
 @click.option("--resolution", type=int, default=RenderSettings.resolution, show_default=True)
 @click.option("--engine", type=click.Choice(["auto", "eevee", "cycles", "workbench"]), default="auto", show_default=True, help="auto: EEVEE with an NVIDIA GPU, Cycles on CPU otherwise.")
-@click.option("--samples", type=int, default=None, callback=positive, help="Samples per pixel (default: Cycles 8 + denoising, EEVEE 16).")
+@click.option("--samples", type=int, default=None, callback=positive, help=f"Samples per pixel (default: Cycles {DEFAULT_SAMPLES['cycles']} + denoising, EEVEE {DEFAULT_SAMPLES['eevee']}).")
 @click.option("--workers", type=int, default=None, callback=positive, help="Blender workers (default: one per CPU / per thread group; 1 with --real).")
 @click.option("--threads", type=int, default=1, show_default=True, callback=positive, help="CPU threads per Blender worker.")
 @click.option("--gpus-per-worker", type=float, default=None, help="Ray: GPU fraction per worker (default: 0.25 with GPUs, else 0).")
