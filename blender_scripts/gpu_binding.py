@@ -61,7 +61,7 @@ def nvidia_uuid(index: int) -> str | None:
     return None
 
 
-def _elf_symbols(path: str, names: list[str]) -> dict[str, int]:
+def elf_symbols(path: str, names: list[str]) -> dict[str, int]:
     """Values of `names` in the ELF .symtab of `path`."""
     want = {n.encode(): n for n in names}
     found: dict[str, int] = {}
@@ -89,7 +89,7 @@ def _elf_symbols(path: str, names: list[str]) -> dict[str, int]:
     return found
 
 
-def _bpy_extension(bpy) -> str:
+def bpy_extension(bpy) -> str:
     """Path of the loaded bpy extension module."""
     try:
         with open("/proc/self/maps") as f:
@@ -170,8 +170,8 @@ def bind_egl_device(bpy, index: int) -> dict:
     display = platform_display(EGL_PLATFORM_DEVICE_EXT, pick["handle"], None)
     if not display:
         raise GpuBindingError(f"eglGetPlatformDisplayEXT gave no display for GPU {index}")
-    so = _bpy_extension(bpy)
-    symbols = _elf_symbols(so, ["PyInit_bpy", "epoxy_eglGetDisplay"])
+    so = bpy_extension(bpy)
+    symbols = elf_symbols(so, ["PyInit_bpy", "epoxy_eglGetDisplay"])
     if len(symbols) != 2:
         raise GpuBindingError(f"{so} lacks epoxy_eglGetDisplay: this bpy build cannot be bound")
     base = ctypes.cast(ctypes.CDLL(so).PyInit_bpy, ctypes.c_void_p).value - symbols["PyInit_bpy"]

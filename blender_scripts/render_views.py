@@ -33,7 +33,7 @@ from zeroverse.scene.render_timing import StageClock
 
 # Blender's camera looks down -Z with +Y up; OpenCV's looks down +Z with +Y down.
 _OPENCV_TO_BLENDER = np.diag([1.0, -1.0, -1.0, 1.0])
-_EMPTY_DEPTH = 1e9  # Cycles writes 1e10 where a ray hit nothing
+EMPTY_DEPTH = 1e9  # Cycles writes 1e10 where a ray hit nothing
 SHAPE_PREFIX = "zv_shape"
 
 
@@ -322,17 +322,17 @@ class BlenderRenderer:
         shutil.rmtree(self._scratch, ignore_errors=True)
 
 
-def _find(channels: dict[str, np.ndarray], suffix: str) -> np.ndarray:
+def find_channel(channels: dict[str, np.ndarray], suffix: str) -> np.ndarray:
     for name, values in channels.items():
         if name.endswith(suffix):
             return values
     raise KeyError(f"render pass channel *{suffix} missing; got {sorted(channels)}")
 
 
-_NEIGHBOURS = np.array([(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx])
+NEIGHBOURS = np.array([(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx])
 # Linear [0, 1] -> sRGB8 through a table: np.power over a 512² image cost ~8 ms a view.
-_SRGB_LUT_SIZE = 16384
-_SRGB_LUT = np.round(srgb_encode(np.linspace(0.0, 1.0, _SRGB_LUT_SIZE)) * 255.0).astype(np.uint8)
+SRGB_LUT_SIZE = 16384
+SRGB_LUT = np.round(srgb_encode(np.linspace(0.0, 1.0, SRGB_LUT_SIZE)) * 255.0).astype(np.uint8)
 
 
 def passes_to_view(channels: dict[str, np.ndarray]) -> ViewArrays:
@@ -349,14 +349,14 @@ def passes_to_view(channels: dict[str, np.ndarray]) -> ViewArrays:
     output bit for bit) cost 21-67 ms per 512² view, this 10-15 ms; masking an interleaved
     [H, W, 3] array by an [H, W] mask alone cost 6 ms.
     """
-    alpha = _find(channels, "Combined.A")
+    alpha = find_channel(channels, "Combined.A")
     h, w = alpha.shape
     alpha8 = np.clip(alpha, 0.0, 1.0)
     alpha8 *= 255.0
     alpha8 = np.rint(alpha8, out=alpha8).astype(np.uint8)  # rint: the same half-to-even rounding as np.round
-    depth = _find(channels, "Depth.Z")
-    depth = np.where(depth < _EMPTY_DEPTH, depth, np.float32(0.0)).astype(np.float32, copy=False)
-    normal = [np.array(_find(channels, f"Normal.{c}"), np.float32) for c in "XYZ"]  # copies: edited below
+    depth = find_channel(channels, "Depth.Z")
+    depth = np.where(depth < EMPTY_DEPTH, depth, np.float32(0.0)).astype(np.float32, copy=False)
+    normal = [np.array(find_channel(channels, f"Normal.{c}"), np.float32) for c in "XYZ"]  # copies: edited below
 
     covered = alpha8 > 0
     missing = covered & (depth <= 0)
@@ -364,8 +364,8 @@ def passes_to_view(channels: dict[str, np.ndarray]) -> ViewArrays:
         if not missing.any():
             break
         ys, xs = np.nonzero(missing)
-        ny = np.clip(ys[:, None] + _NEIGHBOURS[None, :, 0], 0, h - 1)
-        nx = np.clip(xs[:, None] + _NEIGHBOURS[None, :, 1], 0, w - 1)
+        ny = np.clip(ys[:, None] + NEIGHBOURS[None, :, 0], 0, h - 1)
+        nx = np.clip(xs[:, None] + NEIGHBOURS[None, :, 1], 0, w - 1)
         candidates = depth[ny, nx]
         candidates = np.where(candidates > 0, candidates, np.inf)
         best = np.argmin(candidates, axis=1)
@@ -386,12 +386,12 @@ def passes_to_view(channels: dict[str, np.ndarray]) -> ViewArrays:
     safe_alpha = np.maximum(alpha, np.float32(1e-6))
     t = np.empty((h, w), np.float32)
     for c, name in enumerate("RGB"):
-        np.divide(_find(channels, f"Combined.{name}"), safe_alpha, out=t)  # straight alpha
+        np.divide(find_channel(channels, f"Combined.{name}"), safe_alpha, out=t)  # straight alpha
         np.clip(t, 0.0, 1.0, out=t)
-        t *= np.float32(_SRGB_LUT_SIZE - 1)
+        t *= np.float32(SRGB_LUT_SIZE - 1)
         t += np.float32(0.5)
-        np.copyto(t, 0.0, where=empty)  # _SRGB_LUT[0] == 0
-        rgba[..., c] = _SRGB_LUT.take(t.astype(np.uint16))
+        np.copyto(t, 0.0, where=empty)  # SRGB_LUT[0] == 0
+        rgba[..., c] = SRGB_LUT.take(t.astype(np.uint16))
     x, y, z = normal
     norm = x * x
     norm += y * y

@@ -6,13 +6,13 @@ import pytest
 
 bpy = pytest.importorskip("bpy")
 
-from blender_scripts.gpu_binding import _bpy_extension, _elf_symbols, bind_from_environment  # noqa: E402
+from blender_scripts.gpu_binding import bpy_extension, elf_symbols, bind_from_environment  # noqa: E402
 
 pytestmark = pytest.mark.blender
 
 
 def test_pinned_bpy_keeps_the_pointer_the_binding_patches():
-    symbols = _elf_symbols(_bpy_extension(bpy), ["PyInit_bpy", "epoxy_eglGetDisplay"])
+    symbols = elf_symbols(bpy_extension(bpy), ["PyInit_bpy", "epoxy_eglGetDisplay"])
     assert set(symbols) == {"PyInit_bpy", "epoxy_eglGetDisplay"} and all(symbols.values())
 
 

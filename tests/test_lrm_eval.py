@@ -104,11 +104,11 @@ def test_evaluate_subsets_and_batches_agree(tmp_path, roots, ckpt):
 def test_evaluate_with_user_given_vgg_weights(tmp_path, roots, ckpt):
     """The LPIPS path: any VGG16-shaped state dict the user gives is used (and reported as not
     true LPIPS when it lacks the linear layers); the test's weights are arbitrary on purpose."""
-    from zeroverse.lrm.losses import _VGG16_CONVS
+    from zeroverse.lrm.losses import VGG16_CONVS
 
     g = torch.Generator().manual_seed(0)
     sd = {}
-    for idx, cin, cout in _VGG16_CONVS:
+    for idx, cin, cout in VGG16_CONVS:
         sd[f"features.{idx}.weight"] = torch.randn(cout, cin, 3, 3, generator=g) * (2 / (9 * cin)) ** 0.5
         sd[f"features.{idx}.bias"] = torch.zeros(cout)
     weights = tmp_path / "vgg16.pth"

@@ -273,7 +273,7 @@ def test_model_options_reach_the_model(tmp_path, views_root):
 def test_a_failing_compile_falls_back_to_eager(caplog):
     import logging
 
-    from zeroverse.lrm.train import _forward
+    from zeroverse.lrm.train import forward_step
 
     torch.manual_seed(0)
     model = GSLRM(GSLRMConfig.preset("tiny"))
@@ -288,6 +288,6 @@ def test_a_failing_compile_falls_back_to_eager(caplog):
         block._compiled_call_impl = broken
     assert model.blocks_compiled
     with caplog.at_level(logging.WARNING):
-        got = _forward(model, model, inputs, is_main=True).means
+        got = forward_step(model, model, inputs, is_main=True).means
     assert "torch.compile failed" in caplog.text and not model.blocks_compiled
     assert torch.equal(got, expect)

@@ -167,11 +167,11 @@ def test_config_validation():
 
 def _fake_vgg_file(path):
     """A file shaped like torchvision's VGG16 state dict (stands in for the user's weights)."""
-    from zeroverse.lrm.losses import _VGG16_CONVS
+    from zeroverse.lrm.losses import VGG16_CONVS
 
     g = torch.Generator().manual_seed(0)
     sd = {}
-    for idx, cin, cout in _VGG16_CONVS:
+    for idx, cin, cout in VGG16_CONVS:
         sd[f"features.{idx}.weight"] = torch.randn(cout, cin, 3, 3, generator=g) * (2 / (9 * cin)) ** 0.5
         sd[f"features.{idx}.bias"] = torch.zeros(cout)
     torch.save(sd, path)

@@ -32,13 +32,13 @@ RGBA_TOL, DEPTH_REL_TOL, NORMAL_TOL = 1, 1e-3, 1e-3  # 8-bit steps, relative, ab
 
 
 def reference_read_exr(path: str) -> dict[str, np.ndarray]:
-    from zeroverse.scene.imageio import _EXR_DTYPES, _EXR_SIZES, _read_headers
+    from zeroverse.scene.imageio import EXR_DTYPES, EXR_SIZES, read_exr_headers
 
     with open(path, "rb") as f:
         buf = f.read()
     flags = struct.unpack_from("<I", buf, 4)[0]
     multipart = bool(flags & 0x1000)
-    headers, pos = _read_headers(buf, multipart)  # header parsing is shared; the pixel path below is the old one
+    headers, pos = read_exr_headers(buf, multipart)  # header parsing is shared; the pixel path below is the old one
     out = {}
     for header in headers:
         xmin, ymin, xmax, ymax = header["dataWindow"]
@@ -47,7 +47,7 @@ def reference_read_exr(path: str) -> dict[str, np.ndarray]:
         offsets = np.frombuffer(buf, "<u8", count=count, offset=pos).astype(np.int64)
         pos += 8 * count
         prefix = 12 if multipart else 8
-        line_bytes = sum(_EXR_SIZES[t] for _, t in header["channels"]) * width
+        line_bytes = sum(EXR_SIZES[t] for _, t in header["channels"]) * width
         ys = np.array([struct.unpack_from("<i", buf, int(o) + prefix - 8)[0] for o in offsets]) - ymin
         lines = np.empty((height, line_bytes), np.uint8)
         raw = np.frombuffer(buf, np.uint8)
@@ -55,29 +55,29 @@ def reference_read_exr(path: str) -> dict[str, np.ndarray]:
             lines[y] = raw[o + prefix:o + prefix + line_bytes]
         offset = 0
         for name, pixel_type in header["channels"]:
-            n = _EXR_SIZES[pixel_type] * width
-            out[name] = lines[:, offset:offset + n].copy().view(_EXR_DTYPES[pixel_type]).astype(np.float32)
+            n = EXR_SIZES[pixel_type] * width
+            out[name] = lines[:, offset:offset + n].copy().view(EXR_DTYPES[pixel_type]).astype(np.float32)
             offset += n
     return out
 
 
 def reference_passes_to_view(channels: dict[str, np.ndarray]):
-    from blender_scripts.render_views import _EMPTY_DEPTH, _NEIGHBOURS, _SRGB_LUT, _SRGB_LUT_SIZE, ViewArrays, _find
+    from blender_scripts.render_views import EMPTY_DEPTH, NEIGHBOURS, SRGB_LUT, SRGB_LUT_SIZE, ViewArrays, find_channel
 
-    alpha = _find(channels, "Combined.A")
+    alpha = find_channel(channels, "Combined.A")
     h, w = alpha.shape
     alpha8 = np.round(np.clip(alpha, 0.0, 1.0) * 255.0).astype(np.uint8)
-    depth = _find(channels, "Depth.Z")
-    depth = np.where(depth < _EMPTY_DEPTH, depth, np.float32(0.0)).astype(np.float32)
-    normal = np.stack([_find(channels, f"Normal.{c}") for c in "XYZ"], -1)
+    depth = find_channel(channels, "Depth.Z")
+    depth = np.where(depth < EMPTY_DEPTH, depth, np.float32(0.0)).astype(np.float32)
+    normal = np.stack([find_channel(channels, f"Normal.{c}") for c in "XYZ"], -1)
     covered = alpha8 > 0
     missing = covered & (depth <= 0)
     for _ in range(2):
         if not missing.any():
             break
         ys, xs = np.nonzero(missing)
-        ny = np.clip(ys[:, None] + _NEIGHBOURS[None, :, 0], 0, h - 1)
-        nx = np.clip(xs[:, None] + _NEIGHBOURS[None, :, 1], 0, w - 1)
+        ny = np.clip(ys[:, None] + NEIGHBOURS[None, :, 0], 0, h - 1)
+        nx = np.clip(xs[:, None] + NEIGHBOURS[None, :, 1], 0, w - 1)
         candidates = depth[ny, nx]
         candidates = np.where(candidates > 0, candidates, np.inf)
         best = np.argmin(candidates, axis=1)
@@ -97,9 +97,9 @@ def reference_passes_to_view(channels: dict[str, np.ndarray]):
     n = normal[ys, xs]
     out_normal[ys, xs] = n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-6)
     a = np.maximum(alpha[ys, xs], 1e-6)[:, None]
-    rgb = np.stack([_find(channels, f"Combined.{c}")[ys, xs] for c in "RGB"], -1) / a
-    index = (np.clip(rgb, 0.0, 1.0) * (_SRGB_LUT_SIZE - 1) + 0.5).astype(np.int32)
-    rgba[ys, xs, :3] = _SRGB_LUT[index]
+    rgb = np.stack([find_channel(channels, f"Combined.{c}")[ys, xs] for c in "RGB"], -1) / a
+    index = (np.clip(rgb, 0.0, 1.0) * (SRGB_LUT_SIZE - 1) + 0.5).astype(np.int32)
+    rgba[ys, xs, :3] = SRGB_LUT[index]
     return ViewArrays(rgba, depth, out_normal)
 
 

@@ -116,7 +116,7 @@ def ssim(
 
 # torchvision's vgg16().features: conv indices and widths; the loss taps the ReLU after
 # conv1_2, conv2_2, conv3_3, conv4_3 and conv5_3 (torchvision indices 3, 8, 15, 22, 29).
-_VGG16_CONVS = [(0, 3, 64), (2, 64, 64), (5, 64, 128), (7, 128, 128), (10, 128, 256),
+VGG16_CONVS = [(0, 3, 64), (2, 64, 64), (5, 64, 128), (7, 128, 128), (10, 128, 256),
                 (12, 256, 256), (14, 256, 256), (17, 256, 512), (19, 512, 512),
                 (21, 512, 512), (24, 512, 512), (26, 512, 512), (28, 512, 512)]
 _POOL_BEFORE = {5, 10, 17, 24}
@@ -144,7 +144,7 @@ def _read_vgg_state(path: str | Path) -> tuple[dict[int, dict[str, Tensor]], dic
             convs.setdefault(int(m.group(1)), {})[m.group(2)] = value
         elif m := lin_re.search(key):
             lins[int(m.group(1))] = value
-    missing = [i for i, _, _ in _VGG16_CONVS if set(convs.get(i, {})) != {"weight", "bias"}]
+    missing = [i for i, _, _ in VGG16_CONVS if set(convs.get(i, {})) != {"weight", "bias"}]
     if missing:
         raise ValueError(
             f"{path} is not a VGG16 state dict: no weight/bias for conv layers at torchvision "
@@ -173,7 +173,7 @@ class PerceptualLoss(nn.Module):
         convs, lins = _read_vgg_state(weights_path)
         self.weights_path = str(weights_path)
         self.convs = nn.ModuleList()
-        for idx, cin, cout in _VGG16_CONVS:
+        for idx, cin, cout in VGG16_CONVS:
             conv = nn.Conv2d(cin, cout, 3, padding=1)
             w, b = convs[idx]["weight"], convs[idx]["bias"]
             if w.shape != conv.weight.shape or b.shape != conv.bias.shape:
@@ -203,7 +203,7 @@ class PerceptualLoss(nn.Module):
     def features(self, x: Tensor) -> list[Tensor]:
         x = (x - self.mean) / self.std
         taps = []
-        for (idx, _, _), conv in zip(_VGG16_CONVS, self.convs):
+        for (idx, _, _), conv in zip(VGG16_CONVS, self.convs):
             if idx in _POOL_BEFORE:
                 x = F.max_pool2d(x, 2)
             x = F.relu(conv(x))

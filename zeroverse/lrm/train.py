@@ -126,7 +126,7 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> TrainResult:
         inputs, targets = _split_views(batch, cfg.num_input_views, model_cfg.patch_size)
 
         with amp:
-            gaussians = _forward(ddp_model, model, inputs, is_main)
+            gaussians = forward_step(ddp_model, model, inputs, is_main)
         seen = _concat_views(inputs, targets) if cfg.supervise_inputs else targets
         H, W = seen["images"].shape[-2:]
         render = GSLRM.render(gaussians, seen["c2w"], seen["K"], H, W, background, with_depth=False)
@@ -211,7 +211,7 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> TrainResult:
 # --------------------------------------------------------------------------------------------
 
 
-def _forward(ddp_model: nn.Module, model: GSLRM, inputs: dict, is_main: bool):
+def forward_step(ddp_model: nn.Module, model: GSLRM, inputs: dict, is_main: bool):
     """The model's forward; if torch.compile fails on this machine (no compiler, an unsupported
     op), the blocks fall back to eager mode with a warning instead of ending the run."""
     try:

@@ -85,7 +85,7 @@ def _read_header(buf: bytes, pos: int) -> tuple[dict, int]:
     return header, pos + 1
 
 
-def _read_headers(buf: bytes, multipart: bool) -> tuple[list[dict], int]:
+def read_exr_headers(buf: bytes, multipart: bool) -> tuple[list[dict], int]:
     """Every part's header -> (headers, position of the first offset table)."""
     pos = 8
     headers = []
@@ -97,8 +97,8 @@ def _read_headers(buf: bytes, multipart: bool) -> tuple[list[dict], int]:
     return headers, pos + 1 if multipart else pos  # multi-part: an empty header ends the list
 
 
-_EXR_SIZES = {0: 4, 1: 2, 2: 4}  # UINT, HALF, FLOAT
-_EXR_DTYPES = {0: "<u4", 1: "<f2", 2: "<f4"}
+EXR_SIZES = {0: 4, 1: 2, 2: 4}  # UINT, HALF, FLOAT
+EXR_DTYPES = {0: "<u4", 1: "<f2", 2: "<f4"}
 
 
 def read_exr_channels(path: str) -> dict[str, np.ndarray]:
@@ -124,9 +124,9 @@ def read_exr_channels(path: str) -> dict[str, np.ndarray]:
         raise ValueError(f"{path}: tiled EXR is not supported")
     multipart = bool(flags & 0x1000)
     try:  # the headers sit at the start: parse them from a small copy, the whole file if they are longer
-        headers, pos = _read_headers(raw[:65536].tobytes(), multipart)
+        headers, pos = read_exr_headers(raw[:65536].tobytes(), multipart)
     except (IndexError, ValueError, struct.error):
-        headers, pos = _read_headers(raw.tobytes(), multipart)
+        headers, pos = read_exr_headers(raw.tobytes(), multipart)
     out: dict[str, np.ndarray] = {}
     for header in headers:
         if header.get("compression", 0) != 0:
@@ -137,7 +137,7 @@ def read_exr_channels(path: str) -> dict[str, np.ndarray]:
         offsets = np.frombuffer(raw, "<u8", count=count, offset=pos).astype(np.int64)
         pos += 8 * count
         prefix = 12 if multipart else 8  # [part number,] line number, byte count
-        line_bytes = sum(_EXR_SIZES[t] for _, t in header["channels"]) * width
+        line_bytes = sum(EXR_SIZES[t] for _, t in header["channels"]) * width
         stride = prefix + line_bytes
         lines = None
         if count == height and (count == 1 or np.all(np.diff(offsets) == stride)) and offsets[-1] + stride <= len(raw):
@@ -152,8 +152,8 @@ def read_exr_channels(path: str) -> dict[str, np.ndarray]:
                 lines[y] = raw[o + prefix:o + prefix + line_bytes]
         offset = 0
         for name, pixel_type in header["channels"]:
-            n = _EXR_SIZES[pixel_type] * width
-            values = lines[:, offset:offset + n].view(_EXR_DTYPES[pixel_type])
+            n = EXR_SIZES[pixel_type] * width
+            values = lines[:, offset:offset + n].view(EXR_DTYPES[pixel_type])
             out[name] = values if pixel_type == 2 else values.astype(np.float32)
             offset += n
     return out
