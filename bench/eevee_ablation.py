@@ -48,6 +48,9 @@ VARIANTS: dict[str, dict] = {
     "world_probe_128": {"world.probe_resolution": "128"},
     "shadow_pool_16": {"eevee.shadow_pool_size": "16"},
     "no_post": {"render.use_compositing": False, "render.use_sequencer": False},
+    # 4 cameras rendered by one render call (Blender's multi-view, one multi-part EXR): does the
+    # per-call cost (scene sync, probes, read-back set-up) amortise? Timing only, no PSNR.
+    "multiview_4": {"scene:multiview": 4},
 }
 
 
@@ -109,7 +112,7 @@ def worker(rank: int, device: int | None, args: dict, barrier, results) -> None:
     import bpy
     import numpy as np
 
-    from blender_scripts.render_views import BlenderRenderer
+    from blender_scripts.render_views import BlenderRenderer, quiet_stdout
     from pipelines.texture_bank import open_bank
     from zeroverse.scene.render_timing import StageClock
     from zeroverse.scene.cameras import RigConfig, make_cameras, rig_rng
@@ -143,6 +146,47 @@ def worker(rank: int, device: int | None, args: dict, barrier, results) -> None:
         channels = renderer.render_view(cameras.c2w[v], cameras.intrinsics[v], cameras.projections[v], clock)
         return rgba_of(channels) if keep else None
 
+    def render_group(cameras, views: list[int], clock) -> None:
+        """Views `views` of `cameras` in one multi-view render call, written to one EXR."""
+        main = bpy.data.objects["zv_camera"]
+        for k, v in enumerate(views):
+            renderer.place_camera(cameras.c2w[v], cameras.intrinsics[v], cameras.projections[v])
+            cam = mv_cameras[k]
+            for attr in ("type", "lens", "ortho_scale", "shift_x", "shift_y", "sensor_width", "sensor_fit", "clip_start", "clip_end"):
+                setattr(cam.data, attr, getattr(main.data, attr))
+            cam.matrix_world = main.matrix_world.copy()
+        for k, view in enumerate(mv_views):
+            view.use = k < len(views)
+        with quiet_stdout(), clock("render"):
+            bpy.ops.render.render(write_still=True)
+
+    mv_cameras, mv_views = [], []
+
+    def multiview(k: int) -> None:
+        """Sets up (k > 0) or takes down (k == 0) k cameras rendered by one call."""
+        scene, render = bpy.context.scene, bpy.context.scene.render
+        if k == 0:
+            render.use_multiview = False
+            render.image_settings.views_format = "INDIVIDUAL"
+            scene.camera = bpy.data.objects["zv_camera"]
+            render.filepath = renderer.exr_path
+            return
+        for i in range(len(mv_cameras), k):
+            cam = bpy.data.objects.new(f"zvmv_v{i}", bpy.data.cameras.new(f"zvmv_v{i}"))
+            cam.use_fake_user = True
+            scene.collection.objects.link(cam)
+            mv_cameras.append(cam)
+            view = render.views.new(f"v{i}")
+            view.camera_suffix = f"_v{i}"
+            mv_views.append(view)
+        for view in render.views:
+            view.use = view in mv_views
+        render.use_multiview = True
+        render.views_format = "MULTIVIEW"
+        render.image_settings.views_format = "MULTIVIEW"
+        render.filepath = os.path.join(os.path.dirname(renderer.exr_path), "multiview.exr")
+        scene.camera = mv_cameras[0]
+
     def add(sid, mesh, textures, cameras, one_material):
         renderer.clear_shape()
         obj = renderer.add_shape(mesh, textures, StageClock())
@@ -155,11 +199,13 @@ def worker(rank: int, device: int | None, args: dict, barrier, results) -> None:
         variant = VARIANTS[name]
         previous, skipped = apply_variant(bpy, variant)
         one_material, same_shape = variant.get("scene:one_material", False), variant.get("scene:same_shape", False)
+        group = variant.get("scene:multiview", 0)
+        multiview(group)
         # Warm-up outside the clock: a variant that changes the shaders compiles them here.
         sid, mesh, textures, cameras = work[0]
         add(sid, mesh, textures, cameras, one_material)
         t = time.perf_counter()
-        render_one(cameras, 0, StageClock(), keep=False)
+        render_group(cameras, list(range(min(group, len(cameras.c2w)))), StageClock()) if group else render_one(cameras, 0, StageClock(), keep=False)
         warm_s = time.perf_counter() - t
         barrier.wait()
         clock, first_view, later_views, scores = StageClock(), [], [], []
@@ -173,6 +219,14 @@ def worker(rank: int, device: int | None, args: dict, barrier, results) -> None:
             else:
                 with clock("scene"):
                     add(sid, mesh, textures, cameras, one_material)
+            if group:
+                for first in range(0, len(cameras.c2w), group):
+                    views_now = list(range(first, min(first + group, len(cameras.c2w))))
+                    before = clock.seconds.get("render", 0.0)
+                    render_group(cameras, views_now, clock)
+                    (first_view if first == 0 else later_views).append((clock.seconds.get("render", 0.0) - before) / len(views_now))
+                    views += len(views_now)
+                continue
             for v in range(len(cameras.c2w)):
                 keep = v == 0 and not same_shape
                 before = clock.seconds.get("render", 0.0)
@@ -188,6 +242,7 @@ def worker(rank: int, device: int | None, args: dict, barrier, results) -> None:
         renderer.clear_shape()
         barrier.wait()
         restore(bpy, previous)
+        multiview(0)
         results.put({"variant": name, "rank": rank, "t0": t0, "t1": t1, "views": views, "warm_s": warm_s,
                      "stages": dict(clock.seconds), "first_view_s": first_view, "later_view_s": later_views,
                      "psnr": scores, "skipped": skipped})
