@@ -29,6 +29,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
+from zeroverse.scene.cameras import look_at, spherical_eye
 from zeroverse.store.manifest import Failure, Manifest, ShardRecord, config_digest
 from zeroverse.store.shards import VIEW_SCHEMA, file_metadata, shard_name, shard_ranges, write_shard
 
@@ -69,23 +70,6 @@ def make_shape(rng: np.random.Generator, texture: str = "smooth", texture_size: 
     return SyntheticShape(centre, radius, box_min, box_max, np.clip(tex, 0.0, 1.0))
 
 
-def look_at(eye: np.ndarray, target: np.ndarray = np.zeros(3), up: np.ndarray = np.array([0.0, 0.0, 1.0])) -> np.ndarray:
-    """OpenCV camera-to-world [4, 4] (x right, y down, z forward) at `eye` looking at `target`, Z up."""
-    z = np.asarray(target, float) - np.asarray(eye, float)
-    z /= np.linalg.norm(z)
-    x = np.cross(z, up)
-    x /= np.linalg.norm(x)
-    y = np.cross(z, x)
-    c2w = np.eye(4)
-    c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = x, y, z, eye
-    return c2w
-
-
-def spherical_eye(radius: float, elevation_deg: float, azimuth_deg: float) -> np.ndarray:
-    el, az = math.radians(elevation_deg), math.radians(azimuth_deg)
-    return radius * np.array([math.cos(el) * math.cos(az), math.cos(el) * math.sin(az), math.sin(el)])
-
-
 def perspective_intrinsics(height: int, width: int, fov_deg: float = FOV_DEG) -> np.ndarray:
     """(fx, fy, cx, cy): horizontal field of view, square pixels, principal point at the centre."""
     f = 0.5 * width / math.tan(math.radians(fov_deg) / 2)
@@ -98,15 +82,16 @@ def rig_cameras(rig: str, num_views: int, rng: np.random.Generator) -> list[tupl
     cams = []
     if rig == "random":
         for _ in range(num_views):
-            eye = spherical_eye(rng.uniform(2.2, 2.8), rng.uniform(-20.0, 60.0), rng.uniform(0.0, 360.0))
+            radius, el, az = rng.uniform(2.2, 2.8), rng.uniform(-20.0, 60.0), rng.uniform(0.0, 360.0)  # draw order kept
+            eye = spherical_eye(radius, az, el)
             cams.append(("view", look_at(eye)))
     elif rig == "eval":
         for az in (45.0, 135.0, 225.0, 315.0)[:num_views]:
-            cams.append(("input", look_at(spherical_eye(2.4, 20.0, az))))
+            cams.append(("input", look_at(spherical_eye(2.4, az, 20.0))))
         targets = num_views - len(cams)
         for k in range(targets):
             el = (0.0, 35.0)[k % 2]
-            cams.append(("target", look_at(spherical_eye(2.4, el, 360.0 * k / max(targets, 1) + 10.0))))
+            cams.append(("target", look_at(spherical_eye(2.4, 360.0 * k / max(targets, 1) + 10.0, el))))
     else:
         raise ValueError(f"rig={rig!r}: use 'random' or 'eval'")
     return cams

@@ -6,13 +6,18 @@ import numpy as np
 import pytest
 import torch
 
-from synthetic_views import look_at, perspective_intrinsics, spherical_eye
+from synthetic_views import perspective_intrinsics
+from zeroverse.scene.cameras import look_at, spherical_eye
 from zeroverse.data import plucker_rays
 
 
 def cameras(n: int, H: int, W: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     rng = np.random.default_rng(seed)
-    c2w = np.stack([look_at(spherical_eye(rng.uniform(1.7, 3.1), rng.uniform(-30, 70), rng.uniform(0, 360)), rng.uniform(-0.3, 0.3, 3)) for _ in range(n)])
+    c2w = []
+    for _ in range(n):
+        radius, el, az = rng.uniform(1.7, 3.1), rng.uniform(-30, 70), rng.uniform(0, 360)
+        c2w.append(look_at(spherical_eye(radius, az, el), rng.uniform(-0.3, 0.3, 3)))
+    c2w = np.stack(c2w)
     fx, fy, cx, cy = perspective_intrinsics(H, W)
     K = np.tile(np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1]]), (n, 1, 1))
     K[:, 0, 0] *= rng.uniform(0.8, 1.2, n)  # non-square pixels and off-centre principal points too
