@@ -28,6 +28,7 @@ from zeroverse.scene.render_settings import RenderSettings
 from zeroverse.scene.render_timing import StageClock
 from zeroverse.store.fs import Location, join, read_table
 from zeroverse.store.manifest import Failure, Manifest, ShardRecord, listed_file_problem
+from zeroverse.store.shape_io import shape_table_rows
 from zeroverse.store.shards import VIEW_SCHEMA, file_metadata, shard_name, write_shard
 
 LIGHT_STREAM = 2  # SeedSequence stream of per-shape light draws (recipes 0, cameras 1)
@@ -39,21 +40,6 @@ def shape_mesh(row: dict[str, Any]) -> tuple[MeshArrays, np.ndarray]:
 
     shape = ShapeRecord.from_row(row)
     return MeshArrays(shape.vertices, shape.faces, shape.uvs, shape.regions), shape.region_textures
-
-
-def _shape_rows(table: pa.Table) -> list[dict[str, Any]]:
-    """Shape table -> row dicts with list columns as numpy arrays (slices of one flat array per
-    column): to_pylist made a Python float of every vertex coordinate, ~30 ms per shape."""
-    columns: dict[str, Any] = {}
-    for name in table.column_names:
-        column = table.column(name).combine_chunks()
-        if pa.types.is_list(column.type):
-            offsets = column.offsets.to_numpy()
-            flat = column.flatten().to_numpy(zero_copy_only=False)
-            columns[name] = [flat[a:b] for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist())]
-        else:
-            columns[name] = column.to_pylist()
-    return [{name: values[i] for name, values in columns.items()} for i in range(table.num_rows)]
 
 
 def shape_light(settings: RenderSettings, seed: int, shape_id: int) -> tuple[float, tuple[float, float, float]]:
@@ -170,7 +156,7 @@ class RootShapes:
         for file, ids in files.items():
             self._verify(file)
             table = read_table(join(self.shapes_dir, file), filters=[("shape_id", "in", ids)])
-            for row in _shape_rows(table):
+            for row in shape_table_rows(table):
                 out[int(row["shape_id"])] = shape_mesh(row)
         missing = sorted(set(shape_ids) - set(out))
         if missing:

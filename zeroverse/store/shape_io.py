@@ -150,11 +150,25 @@ def load_shape(root: str | Path, shape_id: int) -> ShapeRecord:
 _RECORD_COLUMNS = ("shape_id", "seed", "recipe", "vertices", "faces", "uvs", "face_regions", "region_textures")
 
 
-def iter_shape_records(root: str | Path, shape_ids: list[int] | None = None) -> Iterator[ShapeRecord]:
-    """Records of the shapes the manifest lists (optionally only `shape_ids`), in shard order.
+def shape_table_rows(table) -> list[dict[str, Any]]:
+    """A shape table (pyarrow) -> row dicts whose list columns are numpy views of one flat array
+    per column: rows as Python lists (to_pylist) cost ~30-75 ms per 10k-face shape."""
+    import pyarrow as pa
 
-    Like zeroverse.store.shape_io.read_shape_rows but the list columns go straight to numpy: rows as
-    Python lists cost ~75 ms per 10k-face shape, which would dominate a contact sheet."""
+    columns: dict[str, Any] = {}
+    for name in table.column_names:
+        column = table.column(name).combine_chunks()
+        if pa.types.is_list(column.type):
+            offsets = column.offsets.to_numpy()
+            flat = column.flatten().to_numpy(zero_copy_only=False)
+            columns[name] = [flat[a:b] for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist())]
+        else:
+            columns[name] = column.to_pylist()
+    return [{name: values[i] for name, values in columns.items()} for i in range(table.num_rows)]
+
+
+def iter_shape_records(root: str | Path, shape_ids: list[int] | None = None) -> Iterator[ShapeRecord]:
+    """Records of the shapes the manifest lists (optionally only `shape_ids`), in shard order."""
     import pyarrow.parquet as pq
 
     directory = shapes_dir(root)
@@ -164,18 +178,9 @@ def iter_shape_records(root: str | Path, shape_ids: list[int] | None = None) -> 
         if wanted is not None and not wanted.intersection(shard["shape_ids"]):
             continue
         table = pq.read_table(shard_path(directory, shard), columns=list(_RECORD_COLUMNS))
-        for index, shape_id in enumerate(table.column("shape_id").to_pylist()):
-            if wanted is not None and shape_id not in wanted:
-                continue
-            one = table.slice(index, 1)
-            row: dict[str, Any] = {}
-            for name in _RECORD_COLUMNS:
-                column = one.column(name).combine_chunks()
-                if hasattr(column, "flatten"):  # list<...>: this row's values only
-                    row[name] = column.flatten().to_numpy(zero_copy_only=False)
-                else:
-                    row[name] = column[0].as_py()
-            yield ShapeRecord.from_row(row)
+        for row in shape_table_rows(table):
+            if wanted is None or row["shape_id"] in wanted:
+                yield ShapeRecord.from_row(row)
 
 
 def texture_bank_for_root(root: str | Path, cache_dir: str | Path | None = None) -> TextureSource:
