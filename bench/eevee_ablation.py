@@ -21,6 +21,7 @@ are then skipped and reported as such.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import multiprocessing as mp
@@ -51,6 +52,23 @@ VARIANTS: dict[str, dict] = {
     # 4 cameras rendered by one render call (Blender's multi-view, one multi-part EXR): does the
     # per-call cost (scene sync, probes, read-back set-up) amortise? Timing only, no PSNR.
     "multiview_4": {"scene:multiview": 4},
+    # Where a view's GPU time goes, by taking content away (timing only unless noted):
+    "samples_1": {"eevee.taa_render_samples": 1},  # with samples_8 and baseline: fixed vs per-sample
+    "samples_4": {"eevee.taa_render_samples": 4},
+    "res_256": {"render.resolution_x": 256, "render.resolution_y": 256},  # per-pixel vs per-pass
+    "res_1024": {"render.resolution_x": 1024, "render.resolution_y": 1024},
+    "empty_frame": {"scene:empty": True},  # no shape: EEVEE's floor for a frame with nothing to shade
+    "far_camera_2x": {"scene:camera_distance": 2.0},  # a quarter of the covered pixels
+    "cube": {"scene:cube": True},  # 12 triangles, one plain material: geometry and textures out
+    "fixed_camera": {"scene:same_shape": True, "scene:fixed_camera": True},  # nothing changes between calls
+    # Indirect clamp 0 (off): EEVEE then packs direct + indirect light once instead of keeping three
+    # full-resolution indirect textures per sample; a uniform world of strength ~1 never clamps.
+    "clamp_off": {"eevee.clamp_surface_indirect": 0.0},
+    "no_sky": {"layer.use_sky": False},
+    "no_volumes": {"layer.use_volumes": False},
+    # All views of a shape as the frames of one animation render (camera keyframed per frame):
+    # does one render call per shape instead of per view save anything? PSNR: frame 1 vs view 0.
+    "animation": {"scene:animation": True},
 }
 
 
@@ -97,9 +115,11 @@ def rgba_of(channels: dict):
     return np.rint(np.concatenate([srgb, alpha[..., None]], -1) * 255.0).astype(np.uint8)
 
 
-def psnr(a, b) -> float:
+def psnr(a, b) -> float | None:
     import numpy as np
 
+    if a.shape != b.shape:  # a variant that changes the resolution: nothing to compare
+        return None
     err = float(np.mean((a.astype(np.float32) - b.astype(np.float32)) ** 2))
     return float("inf") if err == 0 else 10.0 * math.log10(255.0**2 / err)
 
@@ -112,7 +132,8 @@ def worker(rank: int, device: int | None, args: dict, barrier, results) -> None:
     import bpy
     import numpy as np
 
-    from blender_scripts.render_views import BlenderRenderer, quiet_stdout
+    from blender_scripts.render_views import SHAPE_PREFIX, BlenderRenderer, quiet_stdout
+    from zeroverse.scene.imageio import read_exr_channels
     from pipelines.texture_bank import open_bank
     from zeroverse.scene.render_timing import StageClock
     from zeroverse.scene.cameras import RigConfig, make_cameras, rig_rng
@@ -187,38 +208,96 @@ def worker(rank: int, device: int | None, args: dict, barrier, results) -> None:
         render.filepath = os.path.join(os.path.dirname(renderer.exr_path), "multiview.exr")
         scene.camera = mv_cameras[0]
 
-    def add(sid, mesh, textures, cameras, one_material):
+    def add(sid, mesh, textures, cameras, one_material, kind=None):
+        """The shape into the scene (kind "empty": nothing; "cube": a 12-triangle box of the
+        shape's size with the plain material)."""
         renderer.clear_shape()
+        renderer.set_clip(cameras.near, cameras.far)
+        if kind == "empty":
+            return
+        if kind == "cube":
+            lo, hi = mesh.vertices.min(0), mesh.vertices.max(0)
+            corners = [(x, y, z) for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])]
+            quads = [(0, 1, 3, 2), (4, 6, 7, 5), (0, 4, 5, 1), (2, 3, 7, 6), (0, 2, 6, 4), (1, 5, 7, 3)]
+            data = bpy.data.meshes.new(f"{SHAPE_PREFIX}_cube")
+            data.from_pydata([tuple(map(float, c)) for c in corners], [], quads)
+            data.materials.append(plain)
+            bpy.context.scene.collection.objects.link(bpy.data.objects.new(f"{SHAPE_PREFIX}_cube", data))
+            return
         obj = renderer.add_shape(mesh, textures, StageClock())
         if one_material:
             obj.data.materials.clear()
             obj.data.materials.append(plain)
-        renderer.set_clip(cameras.near, cameras.far)
+
+    def render_animation(cameras, clock) -> str:
+        """Every camera of `cameras` as one frame of an animation, in one render call; returns
+        frame 1's EXR path."""
+        scene, cam = bpy.context.scene, bpy.data.objects["zv_camera"]
+        for v in range(len(cameras.c2w)):
+            renderer.place_camera(cameras.c2w[v], cameras.intrinsics[v], cameras.projections[v])
+            for path in ("location", "rotation_euler", "scale"):
+                cam.keyframe_insert(path, frame=v + 1)
+            for path in ("lens", "ortho_scale", "shift_x", "shift_y"):
+                cam.data.keyframe_insert(path, frame=v + 1)
+        scene.frame_start, scene.frame_end = 1, len(cameras.c2w)
+        scene.render.filepath = os.path.join(os.path.dirname(renderer.exr_path), "anim_")
+        try:
+            with quiet_stdout(), clock("render"):
+                bpy.ops.render.render(animation=True)
+            return scene.render.frame_path(frame=1)
+        finally:
+            cam.animation_data_clear()
+            cam.data.animation_data_clear()
+            scene.frame_set(1)
+            scene.render.filepath = renderer.exr_path
 
     for name in args["variants"]:
         variant = VARIANTS[name]
         previous, skipped = apply_variant(bpy, variant)
         one_material, same_shape = variant.get("scene:one_material", False), variant.get("scene:same_shape", False)
         group = variant.get("scene:multiview", 0)
+        kind = "empty" if variant.get("scene:empty") else "cube" if variant.get("scene:cube") else None
+        fixed_camera, animation = variant.get("scene:fixed_camera", False), variant.get("scene:animation", False)
+        distance = variant.get("scene:camera_distance", 1.0)
+
+        def moved(cameras):
+            """The cameras `distance` times as far from the shape's centre (same look-at)."""
+            if distance == 1.0:
+                return cameras
+            c2w = cameras.c2w.copy()
+            c2w[:, :3, 3] *= distance
+            return dataclasses.replace(cameras, c2w=c2w, far=cameras.far * distance)
+
         multiview(group)
         # Warm-up outside the clock: a variant that changes the shaders compiles them here.
         sid, mesh, textures, cameras = work[0]
-        add(sid, mesh, textures, cameras, one_material)
+        add(sid, mesh, textures, moved(cameras), one_material, kind)
         t = time.perf_counter()
-        render_group(cameras, list(range(min(group, len(cameras.c2w)))), StageClock()) if group else render_one(cameras, 0, StageClock(), keep=False)
+        render_group(cameras, list(range(min(group, len(cameras.c2w)))), StageClock()) if group else render_one(moved(cameras), 0, StageClock(), keep=False)
         warm_s = time.perf_counter() - t
         barrier.wait()
         clock, first_view, later_views, scores = StageClock(), [], [], []
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         views = 0
         for k, (sid, mesh, textures, cameras) in enumerate(work):
+            cameras = moved(cameras)
             if same_shape:  # the first shape's views again and again: no per-shape work
                 sid, mesh, textures, cameras = work[0]
+                cameras = moved(cameras)
                 if k == 0:
-                    add(sid, mesh, textures, cameras, one_material)
+                    add(sid, mesh, textures, cameras, one_material, kind)
             else:
                 with clock("scene"):
-                    add(sid, mesh, textures, cameras, one_material)
+                    add(sid, mesh, textures, cameras, one_material, kind)
+            if animation:
+                before = clock.seconds.get("render", 0.0)
+                frame1 = render_animation(cameras, clock)
+                later_views.append((clock.seconds.get("render", 0.0) - before) / len(cameras.c2w))
+                views += len(cameras.c2w)
+                if (sid, 0) in baseline:
+                    score = psnr(rgba_of(read_exr_channels(frame1)), baseline[(sid, 0)])
+                    scores += [] if score is None else [score]
+                continue
             if group:
                 for first in range(0, len(cameras.c2w), group):
                     views_now = list(range(first, min(first + group, len(cameras.c2w))))
@@ -228,7 +307,8 @@ def worker(rank: int, device: int | None, args: dict, barrier, results) -> None:
                     views += len(views_now)
                 continue
             for v in range(len(cameras.c2w)):
-                keep = v == 0 and not same_shape
+                keep = v == 0 and not same_shape and kind is None and distance == 1.0
+                v = 0 if fixed_camera else v
                 before = clock.seconds.get("render", 0.0)
                 rgba = render_one(cameras, v, clock, keep)
                 (first_view if v == 0 else later_views).append(clock.seconds.get("render", 0.0) - before)
@@ -236,15 +316,15 @@ def worker(rank: int, device: int | None, args: dict, barrier, results) -> None:
                 if rgba is not None:
                     if name == "baseline":
                         baseline[(sid, v)] = rgba
-                    elif (sid, v) in baseline:
-                        scores.append(psnr(rgba, baseline[(sid, v)]))
-        t1 = time.perf_counter()
+                    elif (sid, v) in baseline and (score := psnr(rgba, baseline[(sid, v)])) is not None:
+                        scores.append(score)
+        t1, cpu1 = time.perf_counter(), time.process_time()
         renderer.clear_shape()
         barrier.wait()
         restore(bpy, previous)
         multiview(0)
         results.put({"variant": name, "rank": rank, "t0": t0, "t1": t1, "views": views, "warm_s": warm_s,
-                     "stages": dict(clock.seconds), "first_view_s": first_view, "later_view_s": later_views,
+                     "stages": dict(clock.seconds), "cpu_s": cpu1 - cpu0, "first_view_s": first_view, "later_view_s": later_views,
                      "psnr": scores, "skipped": skipped})
     renderer.close()
 
@@ -308,6 +388,7 @@ def run(args, variants: list[str], gpus: list[int]) -> list[dict]:
             "render_ms_first_view": 1e3 * median([x for g in parts for x in g["first_view_s"]]),
             "render_ms_later_views": 1e3 * median([x for g in parts for x in g["later_view_s"]]),
             "stage_ms_per_view": {k: 1e3 * v / views for k, v in sorted(stages.items())},
+            "cpu_ms_per_view": 1e3 * sum(g["cpu_s"] for g in parts) / views,
             "warm_up_s": median([g["warm_s"] for g in parts]),
             "psnr_vs_baseline_db": median([x for g in parts for x in g["psnr"]]) if name != "baseline" else None,
             "psnr_min_db": min([x for g in parts for x in g["psnr"]], default=None) if name != "baseline" else None,
