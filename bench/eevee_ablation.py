@@ -65,6 +65,11 @@ VARIANTS: dict[str, dict] = {
     # full-resolution indirect textures per sample; a uniform world of strength ~1 never clamps.
     "clamp_off": {"eevee.clamp_surface_indirect": 0.0},
     "no_sky": {"layer.use_sky": False},
+    # What the Principled BSDF's two closures cost per covered pixel: the same texture through a
+    # Diffuse BSDF (one closure) or an Emission shader (no light evaluation). Different pixels.
+    "diffuse_bsdf": {"scene:shader": "ShaderNodeBsdfDiffuse"},
+    "emission": {"scene:shader": "ShaderNodeEmission"},
+    "filter_0": {"render.filter_size": 0.0},  # one film tap instead of ~9: different pixels
     "no_volumes": {"layer.use_volumes": False},
     # All views of a shape as the frames of one animation render (camera keyframed per frame):
     # does one render call per shape instead of per view save anything? PSNR: frame 1 vs view 0.
@@ -152,6 +157,10 @@ def worker(rank: int, device: int | None, args: dict, barrier, results) -> None:
     settings = RenderSettings(engine=args["engine"], resolution=args["resolution"], samples=args["samples"], threads=1)
     bank = open_bank(shapes.config.get("textures", {}), root)
     renderer = BlenderRenderer(settings, bank.get, device=device)
+    if args["gpu_backend"]:
+        # Read when Blender creates its GPU context, at the first render (after the factory
+        # settings that BlenderRenderer loaded, which reset the preferences).
+        bpy.context.preferences.system.gpu_backend = args["gpu_backend"]
     rig = RigConfig(num_views=args["views"])
     work = []
     for row in rows:
@@ -228,6 +237,26 @@ def worker(rank: int, device: int | None, args: dict, barrier, results) -> None:
         if one_material:
             obj.data.materials.clear()
             obj.data.materials.append(plain)
+        if shader:
+            for slot, mat in enumerate(obj.data.materials):
+                obj.data.materials[slot] = swapped_shader(mat, shader)
+
+    swapped: dict[tuple[str, str], object] = {}
+
+    def swapped_shader(mat, node_type: str):
+        """A copy of a farm material whose image texture feeds `node_type` instead of the
+        Principled BSDF (cached, kept through orphan purges)."""
+        key = (mat.name, node_type)
+        if key not in swapped:
+            new = mat.copy()
+            new.use_fake_user = True
+            nodes, links = new.node_tree.nodes, new.node_tree.links
+            nodes.remove(nodes["Principled BSDF"])
+            node = nodes.new(node_type)
+            links.new(nodes["Image Texture"].outputs["Color"], node.inputs["Color"])
+            links.new(node.outputs[0], nodes["Material Output"].inputs["Surface"])
+            swapped[key] = new
+        return swapped[key]
 
     def render_animation(cameras, clock) -> str:
         """Every camera of `cameras` as one frame of an animation, in one render call; returns
@@ -259,6 +288,7 @@ def worker(rank: int, device: int | None, args: dict, barrier, results) -> None:
         kind = "empty" if variant.get("scene:empty") else "cube" if variant.get("scene:cube") else None
         fixed_camera, animation = variant.get("scene:fixed_camera", False), variant.get("scene:animation", False)
         distance = variant.get("scene:camera_distance", 1.0)
+        shader = variant.get("scene:shader")
 
         def moved(cameras):
             """The cameras `distance` times as far from the shape's centre (same look-at)."""
@@ -307,7 +337,7 @@ def worker(rank: int, device: int | None, args: dict, barrier, results) -> None:
                     views += len(views_now)
                 continue
             for v in range(len(cameras.c2w)):
-                keep = v == 0 and not same_shape and kind is None and distance == 1.0
+                keep = v == 0 and not same_shape and kind is None and distance == 1.0 and not shader
                 v = 0 if fixed_camera else v
                 before = clock.seconds.get("render", 0.0)
                 rgba = render_one(cameras, v, clock, keep)
@@ -323,7 +353,7 @@ def worker(rank: int, device: int | None, args: dict, barrier, results) -> None:
         barrier.wait()
         restore(bpy, previous)
         multiview(0)
-        results.put({"variant": name, "rank": rank, "t0": t0, "t1": t1, "views": views, "warm_s": warm_s,
+        results.put({"variant": name, "rank": rank, "device": renderer.device_report(), "t0": t0, "t1": t1, "views": views, "warm_s": warm_s,
                      "stages": dict(clock.seconds), "cpu_s": cpu1 - cpu0, "first_view_s": first_view, "later_view_s": later_views,
                      "psnr": scores, "skipped": skipped})
     renderer.close()
@@ -393,6 +423,7 @@ def run(args, variants: list[str], gpus: list[int]) -> list[dict]:
             "psnr_vs_baseline_db": median([x for g in parts for x in g["psnr"]]) if name != "baseline" else None,
             "psnr_min_db": min([x for g in parts for x in g["psnr"]], default=None) if name != "baseline" else None,
             "gpu_util_median": util,
+            "device": parts[0]["device"],
             "skipped": sorted({k for g in parts for k in g["skipped"]}),
         }
         rows.append(row)
@@ -410,6 +441,7 @@ def main() -> None:
     p.add_argument("--procs", type=int, default=12)
     p.add_argument("--gpus", default="", help="devices to spread the processes over, round-robin (e.g. 0 or 0,1)")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, baseline first (known: {', '.join(VARIANTS)})")
+    p.add_argument("--gpu-backend", default="", choices=["", "OPENGL", "VULKAN"], help="Blender's GPU backend (default: Blender's own, OpenGL)")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
     variants = [v for v in args.variants.split(",") if v]
@@ -435,7 +467,7 @@ def main() -> None:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         meta = {"engine": args.engine, "resolution": args.resolution, "samples": args.samples, "views_per_shape": args.views,
-                "shapes": args.shapes, "procs": args.procs, "gpus": gpus, "host_cores": os.cpu_count()}
+                "shapes": args.shapes, "procs": args.procs, "gpus": gpus, "host_cores": os.cpu_count(), "gpu_backend": args.gpu_backend or "default"}
         args.json.write_text(json.dumps({"config": meta, "variants": rows}, indent=1))
 
 
