@@ -55,6 +55,7 @@ VARIANTS: dict[str, dict] = {
     # Where a view's GPU time goes, by taking content away (timing only unless noted):
     "samples_1": {"eevee.taa_render_samples": 1},  # with samples_8 and baseline: fixed vs per-sample
     "samples_4": {"eevee.taa_render_samples": 4},
+    "samples_16": {"eevee.taa_render_samples": 16},  # with --samples 64: how far 16 spp is from converged
     "res_256": {"render.resolution_x": 256, "render.resolution_y": 256},  # per-pixel vs per-pass
     "res_1024": {"render.resolution_x": 1024, "render.resolution_y": 1024},
     "empty_frame": {"scene:empty": True},  # no shape: EEVEE's floor for a frame with nothing to shade
