@@ -135,6 +135,8 @@ def worker(rank: int, device: int | None, args: dict, barrier, results) -> None:
     from blender_scripts.gpu_binding import bind_render_device
 
     bind_render_device(device)
+    if args["gpu_backend"]:
+        os.environ["BLENDER_USER_CONFIG"] = tempfile.mkdtemp(prefix="zv-blender-config-")
     import bpy
     import numpy as np
 
@@ -159,9 +161,12 @@ def worker(rank: int, device: int | None, args: dict, barrier, results) -> None:
     bank = open_bank(shapes.config.get("textures", {}), root)
     renderer = BlenderRenderer(settings, bank.get, device=device)
     if args["gpu_backend"]:
-        # Read when Blender creates its GPU context, at the first render (after the factory
-        # settings that BlenderRenderer loaded, which reset the preferences).
+        # Blender picks its GPU backend when it loads preferences (wm_init_userdef), not when it
+        # makes the context: the factory settings BlenderRenderer loaded chose OpenGL. Save the
+        # preference into a private config folder and load it back, before the first render.
         bpy.context.preferences.system.gpu_backend = args["gpu_backend"]
+        bpy.ops.wm.save_userpref()
+        bpy.ops.wm.read_userpref()
     rig = RigConfig(num_views=args["views"])
     work = []
     for row in rows:
