@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from zeroverse.scene.gpu_devices import (
+    EEVEE_WORKERS_PER_GPU,
     GpuAssignmentError,
     parse_gpu_list,
     parse_visible_devices,
@@ -39,6 +40,13 @@ def test_fractional_workers_share_the_device_ray_named():
     for bad in (0.0, -0.5, 1.5):
         with pytest.raises(GpuAssignmentError, match="fraction of one GPU"):
             workers_per_gpu(bad)
+
+
+def test_the_default_eevee_fraction_packs_exactly_the_workers_it_names():
+    # render's default --gpus-per-worker is 1 / EEVEE_WORKERS_PER_GPU; Ray counts fractions in
+    # 1/10000 units, so a count like 6 would pack only 5 (round(10000 / 6) = 1667 units).
+    assert workers_per_gpu(1.0 / EEVEE_WORKERS_PER_GPU) == EEVEE_WORKERS_PER_GPU
+    assert workers_per_gpu(1.0 / 6) == 5
 
 
 def test_uuid_names_are_mapped_with_a_table_or_refused_naming_the_fix():

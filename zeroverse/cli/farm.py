@@ -12,6 +12,7 @@ import click
 from pipelines.generate import DEFAULT_SHARD_SIZE, GenerateConfig
 from pipelines.render import DEFAULT_SHAPES_PER_SHARD, RenderConfig
 from zeroverse.scene.cameras import RigConfig
+from zeroverse.scene.gpu_devices import EEVEE_WORKERS_PER_GPU
 from zeroverse.scene.render_settings import DEFAULT_SAMPLES, RenderSettings
 
 from zeroverse.cli import main
@@ -108,7 +109,7 @@ def _report_failures(failures: list) -> None:
 @click.option("--samples", type=int, default=None, callback=positive, help=f"Samples per pixel (default: Cycles {DEFAULT_SAMPLES['cycles']} + denoising, EEVEE {DEFAULT_SAMPLES['eevee']}).")
 @click.option("--workers", type=int, default=None, callback=positive, help="Blender workers (default: one per CPU / per thread group; 1 with --real).")
 @click.option("--threads", type=int, default=1, show_default=True, callback=positive, help="CPU threads per Blender worker.")
-@click.option("--gpus-per-worker", type=float, default=None, help="Ray: GPU fraction per worker (default: 0.25 with GPUs, else 0).")
+@click.option("--gpus-per-worker", type=float, default=None, help="Ray: GPU fraction per worker (default: 0.125 with EEVEE, i.e. 8 per GPU; else 0).")
 @click.option("--gpus", default=None, help="--backend processes: devices to spread the workers over, round-robin (e.g. 0,1; as CUDA numbers them here).")
 @click.option("--address", default=None, help="Join an existing Ray cluster.")
 @BACKEND
@@ -153,7 +154,7 @@ def render(num_views, root, real_dir, rig, layout_views, targets_per_ring, resol
         settings = dataclasses.replace(settings, engine=resolved, samples=samples or default_samples(resolved))
         cfg = dataclasses.replace(cfg, settings=settings)
         if gpus_per_worker is None:
-            gpus_per_worker = 0.25 if resolved == "eevee" else 0.0
+            gpus_per_worker = 1.0 / EEVEE_WORKERS_PER_GPU if resolved == "eevee" else 0.0
         if real_dir is not None:
             options = {"workers": workers, "address": address, "cpus_per_worker": threads, "gpus_per_worker": gpus_per_worker, "gpus": devices}
             return _render_real(real_dir, root, rig_cfg, settings, limit, shapes_per_shard, progress, backend, options)

@@ -7,7 +7,7 @@ device is blender_scripts/gpu_binding.py; this module only decides which one it 
 
 - Ray: `ray.get_gpu_ids()` in an actor holds the node's own names of the GPUs it was given
   (indices, or whatever the raylet's CUDA_VISIBLE_DEVICES listed); fractional `--gpus-per-worker`
-  gives several actors the same id, so 0.25 packs four workers per device.
+  gives several actors the same id, so 0.125 packs eight workers per device.
 - The local pool: `--gpus 0,1` lists devices as CUDA numbers them in the parent process, i.e.
   positions in its CUDA_VISIBLE_DEVICES when that is set; workers take them round-robin.
 """
@@ -16,6 +16,12 @@ from __future__ import annotations
 
 import math
 from typing import Mapping, Sequence
+
+
+# EEVEE workers per GPU when `--gpus-per-worker` is not given. One H200, 512², 16 spp, end to end
+# (bench/render.py, bench/results/render_gpu.json "processes_per_gpu_sweep"): 4 workers 28.8
+# views/s, 6 34.0, 8 35.0, 12 34.4. The GPU is full from about 6; more only add CPU and memory.
+EEVEE_WORKERS_PER_GPU = 8
 
 
 class GpuAssignmentError(ValueError):
