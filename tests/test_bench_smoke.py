@@ -10,6 +10,7 @@ say why they skip.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -155,3 +156,23 @@ def test_eevee_ablation_bench_cycles_mode(tmp_path):
     assert rows["samples_8"]["skipped"] == ["eevee.taa_render_samples"]
     assert rows["samples_8"]["psnr_vs_baseline_db"] == float("inf")  # nothing changed: the same pixels
     assert rows["opaque_film"]["psnr_vs_baseline_db"] < 30  # the background became opaque
+
+
+@pytest.mark.blender
+def test_eevee_ablation_scene_variants_run_and_the_animation_matches_single_renders(tmp_path):
+    """The variants that change the scene rather than a setting (an empty frame, a farther
+    camera, a box, a fixed camera, another shader, one animation render per shape, another
+    resolution) all render; frame 1 of the animation is view 0 of the farm's own loop, pixel for
+    pixel; --gpu-backend goes through Blender's preferences without breaking the render."""
+    out_json = tmp_path / "ablation.json"
+    variants = "baseline,empty_frame,far_camera_2x,cube,fixed_camera,emission,animation,res_256"
+    out = run_bench(["bench/eevee_ablation.py", "--engine", "cycles", "--shapes", "2", "--procs", "2", "--views", "2",
+                     "--resolution", "32", "--samples", "1", "--variants", variants, "--gpu-backend", "OPENGL",
+                     "--json", str(out_json)])  # fmt: skip
+    assert "views/s" in out
+    rows = {r["variant"]: r for r in json.loads(out_json.read_text())["variants"]}
+    assert list(rows) == variants.split(",")
+    assert all(r["views"] == 4 for r in rows.values())  # 2 shapes x 2 views in every variant
+    assert rows["animation"]["psnr_vs_baseline_db"] == float("inf")
+    assert math.isnan(rows["res_256"]["psnr_vs_baseline_db"])  # another size: not compared
+    assert rows["baseline"]["device"]["engine"] == "cycles"
