@@ -106,7 +106,8 @@ def _report_failures(failures: list) -> None:
 @click.option("--targets-per-ring", type=int, default=RigConfig.eval_targets_per_ring, show_default=True, callback=positive, help="Eval rig: target views per elevation ring.")
 @click.option("--resolution", type=int, default=RenderSettings.resolution, show_default=True)
 @click.option("--engine", type=click.Choice(["auto", "eevee", "cycles", "workbench"]), default="auto", show_default=True, help="auto: EEVEE with an NVIDIA GPU, Cycles on CPU otherwise.")
-@click.option("--samples", type=int, default=None, callback=positive, help=f"Samples per pixel (default: Cycles {DEFAULT_SAMPLES['cycles']} + denoising, EEVEE {DEFAULT_SAMPLES['eevee']}).")
+@click.option("--samples", type=int, default=None, callback=positive, help=f"Samples per pixel (default: Cycles {DEFAULT_SAMPLES['cycles']} + denoising, EEVEE {DEFAULT_SAMPLES['eevee']}; "
+              "EEVEE's cost is per sample: 8 render 1.4x the views/s of 16, at 42 dB PSNR against them).")
 @click.option("--workers", type=int, default=None, callback=positive, help="Blender workers (default: one per CPU / per thread group; 1 with --real).")
 @click.option("--threads", type=int, default=1, show_default=True, callback=positive, help="CPU threads per Blender worker.")
 @click.option("--gpus-per-worker", type=float, default=None, help="Ray: GPU fraction per worker (default: 0.125 with EEVEE, i.e. 8 per GPU; else 0).")
