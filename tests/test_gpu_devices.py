@@ -14,6 +14,7 @@ import pytest
 from zeroverse.scene.gpu_devices import (
     EEVEE_WORKERS_PER_GPU,
     GpuAssignmentError,
+    eevee_pool_workers,
     parse_gpu_list,
     parse_visible_devices,
     physical_index,
@@ -47,6 +48,15 @@ def test_the_default_eevee_fraction_packs_exactly_the_workers_it_names():
     # 1/10000 units, so a count like 6 would pack only 5 (round(10000 / 6) = 1667 units).
     assert workers_per_gpu(1.0 / EEVEE_WORKERS_PER_GPU) == EEVEE_WORKERS_PER_GPU
     assert workers_per_gpu(1.0 / 6) == 5
+
+
+def test_a_local_eevee_pool_defaults_to_eight_workers_per_gpu_within_the_cpus():
+    assert eevee_pool_workers(gpu_count=1, cpus=16) == 8
+    assert eevee_pool_workers(gpu_count=2, cpus=32) == 16
+    assert eevee_pool_workers(gpu_count=0, cpus=16) == 8  # no --gpus: all on the default GPU
+    assert eevee_pool_workers(gpu_count=8, cpus=48) == 48  # the CPUs are the limit
+    assert eevee_pool_workers(gpu_count=2, cpus=16, threads=4) == 4
+    assert eevee_pool_workers(gpu_count=1, cpus=1, threads=2) == 1
 
 
 def test_uuid_names_are_mapped_with_a_table_or_refused_naming_the_fix():

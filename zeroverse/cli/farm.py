@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import click
 from pipelines.generate import DEFAULT_SHARD_SIZE, GenerateConfig
 from pipelines.render import DEFAULT_SHAPES_PER_SHARD, RenderConfig
 from zeroverse.scene.cameras import RigConfig
-from zeroverse.scene.gpu_devices import EEVEE_WORKERS_PER_GPU
+from zeroverse.scene.gpu_devices import EEVEE_WORKERS_PER_GPU, eevee_pool_workers
 from zeroverse.scene.render_settings import DEFAULT_SAMPLES, RenderSettings
 
 from zeroverse.cli import main
@@ -108,7 +109,7 @@ def _report_failures(failures: list) -> None:
 @click.option("--engine", type=click.Choice(["auto", "eevee", "cycles", "workbench"]), default="auto", show_default=True, help="auto: EEVEE with an NVIDIA GPU, Cycles on CPU otherwise.")
 @click.option("--samples", type=int, default=None, callback=positive, help=f"Samples per pixel (default: Cycles {DEFAULT_SAMPLES['cycles']} + denoising, EEVEE {DEFAULT_SAMPLES['eevee']}; "
               "EEVEE's cost is per sample: 8 render 1.4x the views/s of 16, at 42 dB PSNR against them).")
-@click.option("--workers", type=int, default=None, callback=positive, help="Blender workers (default: one per CPU / per thread group; 1 with --real).")
+@click.option("--workers", type=int, default=None, callback=positive, help="Blender workers (default: one per CPU / per thread group, at most 8 per GPU with EEVEE; 1 with --real).")
 @click.option("--threads", type=int, default=1, show_default=True, callback=positive, help="CPU threads per Blender worker.")
 @click.option("--gpus-per-worker", type=float, default=None, help="Ray: GPU fraction per worker (default: 0.125 with EEVEE, i.e. 8 per GPU; else 0).")
 @click.option("--gpus", default=None, help="--backend processes: devices to spread the workers over, round-robin (e.g. 0,1; as CUDA numbers them here).")
@@ -159,6 +160,8 @@ def render(num_views, root, real_dir, rig, layout_views, targets_per_ring, resol
         if real_dir is not None:
             options = {"workers": workers, "address": address, "cpus_per_worker": threads, "gpus_per_worker": gpus_per_worker, "gpus": devices}
             return _render_real(real_dir, root, rig_cfg, settings, limit, shapes_per_shard, progress, backend, options)
+        if workers is None and backend == "processes" and resolved == "eevee":
+            workers = eevee_pool_workers(len(devices or []), os.cpu_count() or 1, threads)
         result = run_render(cfg, address=address, workers=workers, gpus_per_worker=gpus_per_worker, progress=progress,
                             new_version=new_version, backend=backend, gpus=devices)  # fmt: skip
     if result.archived is not None:

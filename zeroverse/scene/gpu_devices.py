@@ -117,6 +117,13 @@ def parse_gpu_list(text: str | None) -> list[int] | None:
     return out
 
 
+def eevee_pool_workers(gpu_count: int, cpus: int, threads: int = 1) -> int:
+    """Default number of EEVEE workers in a local process pool: EEVEE_WORKERS_PER_GPU on each of
+    `gpu_count` devices (at least one: without --gpus they all draw on the default GPU), as many
+    as the CPUs hold at `threads` each."""
+    return max(1, min(cpus // max(1, threads), EEVEE_WORKERS_PER_GPU * max(1, gpu_count)))
+
+
 def workers_per_gpu(gpus_per_worker: float) -> int:
     """How many workers Ray packs onto one device with this fraction (0.25 -> 4, 0.3 -> 3,
     1 -> 1). Ray counts GPU fractions in 1/10000 units, so 1/3 packs three."""
