@@ -112,7 +112,7 @@ def _report_failures(failures: list) -> None:
 @click.option("--workers", type=int, default=None, callback=positive, help="Blender workers (default: one per CPU / per thread group, at most 8 per GPU with EEVEE; 1 with --real).")
 @click.option("--threads", type=int, default=1, show_default=True, callback=positive, help="CPU threads per Blender worker.")
 @click.option("--gpus-per-worker", type=float, default=None, help="Ray: GPU fraction per worker (default: 0.125 with EEVEE, i.e. 8 per GPU; else 0).")
-@click.option("--gpus", default=None, help="--backend processes: devices to spread the workers over, round-robin (e.g. 0,1; as CUDA numbers them here).")
+@click.option("--gpus", default=None, help="--backend processes: devices to spread the workers over, round-robin (e.g. 0,1; as CUDA numbers them here; default with EEVEE: every GPU here).")
 @click.option("--address", default=None, help="Join an existing Ray cluster.")
 @BACKEND
 @click.option("--bev", is_flag=True, help="Add one top-down orthographic view per shape.")
@@ -153,6 +153,10 @@ def render(num_views, root, real_dir, rig, layout_views, targets_per_ring, resol
         resolved = resolve_engine(engine, gpus_here)
         if resolved == "eevee" and gpus_here == 0:
             raise ValueError("--engine eevee needs an NVIDIA GPU (in the Ray cluster, or --gpus here); use --engine cycles on CPU")
+        if backend == "processes" and devices is None and resolved in ("eevee", "workbench") and gpus_here > 1:
+            # Every GPU of this machine, as Ray would give them; without this, every worker drew on
+            # the default GPU (EEVEE ignores CUDA_VISIBLE_DEVICES, see gpu_binding).
+            devices = list(range(int(gpus_here)))
         settings = dataclasses.replace(settings, engine=resolved, samples=samples or default_samples(resolved))
         cfg = dataclasses.replace(cfg, settings=settings)
         if gpus_per_worker is None:
