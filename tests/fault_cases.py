@@ -799,12 +799,12 @@ def _driver_stopped(run: Run, stage: str, sig: int) -> str:
     listed = listed_count(directory)
     proc.send_signal(sig)
     try:
-        # Generous: on a busy 2-core box the driver's Ray teardown after Ctrl-C has taken over 90 s.
-        _, err = proc.communicate(timeout=240)
+        _, err = proc.communicate(timeout=90)
     except subprocess.TimeoutExpired:
+        # Say what the driver printed: a driver that never handled the signal prints nothing.
         proc.kill()
         out, err = proc.communicate()
-        raise AssertionError(f"the {stage} driver was still running 240 s after the signal; its stderr ends: {err[-1500:]}") from None
+        raise AssertionError(f"the {stage} driver was still running 90 s after the signal; its stderr ends: {err[-1500:]!r}") from None
     if sig == signal.SIGINT:
         assert proc.returncode == 130 and "rerun the same command to resume" in err, f"exit {proc.returncode}: {err[-800:]}"
         assert "Traceback" not in err
